@@ -1,0 +1,1 @@
+"""Lightning callbacks that own metrics, sample grids and EMA (STYLE.md R10)."""

@@ -1,0 +1,1 @@
+"""Data: the synthetic world, shards, preprocessing, batching and the DataModule."""

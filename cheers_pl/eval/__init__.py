@@ -1,0 +1,1 @@
+"""Evaluation: scene parsing, GenEval-style scoring, reports."""

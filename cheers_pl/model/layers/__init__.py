@@ -1,0 +1,1 @@
+"""Reusable transformer layers: attention, MLP, norms, RoPE, adaLN, timestep embeddings."""

@@ -1,0 +1,1 @@
+"""Training stages: LightningModules that orchestrate components and objectives (STYLE.md R4)."""
