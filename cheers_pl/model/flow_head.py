@@ -1,0 +1,247 @@
+"""Cascaded flow-matching (CFM) head with gated high-frequency injection (HFI).
+
+Stage 1 (semantics) runs adaLN-Zero DiT blocks at LLM width on the compressed h×w grid of LLM hidden states and
+projects each token to f²·sem_dim channels, which a pixel-shuffle turns into the H×W = (h·f)×(w·f) semantic grid Z'.
+HFI adds the caller's detail residual S (the semantic encoder's patch embedding of the decoded current latent):
+`Z' ← LayerNorm(Z' + g(Z')·S)`. Stage 2 (details) runs DiT blocks at semantic width on H×W and predicts the
+velocity `v = x1 − x0` in the normalised VAE latent space (flow convention: t = 1 is data).
+
+Injection modes (an ablation is a config value, R14): `gated` learns g (MLP sem→sem→SiLU→1, one unbounded scalar
+per token, last layer zero-initialised); `constant` uses g ≡ `constant_gate`; `off` drops the term but keeps the
+LayerNorm, i.e. it is the same computation with g ≡ 0, so `gated` at initialisation equals `off` exactly. Only
+`gated` owns gate parameters (no unused parameters under DDP), so its checkpoints carry extra `hfi.gate.*` keys.
+
+Zero-initialisation: every adaLN modulation and the stage-2 output projection start at zero (DiT); the stage-1
+output projection does not, since a zero Z' would leave stage 2 without input and stall the gradient path.
+
+Shape legend: B batch, N = h·w compressed-grid tokens, M = H·W full-grid tokens (H = h·f, W = w·f),
+C channels, L latent channels.
+
+References:
+    Cheers, arXiv 2603.12793, §3 (cascaded flow matching, gated HFI); Peebles & Xie, DiT, ICCV 2023.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cheers_pl.model.layers import AdaLNZero, Attention, RMSNorm, RotaryEmbedding1D, SwiGLU, TimestepEmbedder
+from cheers_pl.model.layers.adaln import modulate
+
+INJECTIONS = ("gated", "off", "constant")
+
+
+@dataclass
+class FlowHeadConfig:
+    """Flow head widths and depths; defaults are the tiny preset, comments give the 1.5B preset."""
+
+    llm_dim: int = 128  # full: 1536 (Qwen2.5-1.5B width)
+    sem_dim: int = 64  # full: 1152 (SigLIP2 so400m width)
+    latent_dim: int = 32  # full: 128 (32 VAE channels, 2×2-patchified)
+    shuffle_factor: int = 2  # full: 2 (16×16 → 32×32)
+    stage1_depth: int = 2  # full: 7
+    stage1_heads: int = 4  # full: 12 (head dim 128)
+    stage1_kv_heads: int = 2  # full: 2
+    stage2_depth: int = 1  # full: 3
+    stage2_heads: int = 2  # full: 16 (head dim 72)
+    stage2_kv_heads: int = 1  # full: 2
+    mlp_ratio: float = 4.0  # full: 4.0 → SwiGLU hidden 6144 / 4608; matches the §1.4 budget (stage 1 ≈ 348M)
+    stage1_mlp_dim: int | None = None  # overrides llm_dim·mlp_ratio when set
+    stage2_mlp_dim: int | None = None  # overrides sem_dim·mlp_ratio when set
+    time_freq_dim: int = 256  # full: 256
+    rope_theta: float = 10000.0
+    qkv_bias: bool = True
+    injection: str = "gated"  # "gated" | "off" | "constant"
+    constant_gate: float = 1.0  # g for injection="constant"
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("llm_dim", "sem_dim", "latent_dim", "shuffle_factor", "stage1_depth", "stage2_depth",
+                     "stage1_heads", "stage1_kv_heads", "stage2_heads", "stage2_kv_heads", "time_freq_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"FlowHeadConfig.{name} must be positive, got {getattr(self, name)}")
+        for stage, dim in (("stage1", self.llm_dim), ("stage2", self.sem_dim)):
+            heads, kv_heads = getattr(self, f"{stage}_heads"), getattr(self, f"{stage}_kv_heads")
+            if dim % heads != 0 or (dim // heads) % 2 != 0:
+                raise ValueError(f"FlowHeadConfig.{stage}_heads={heads} must divide width {dim} into even head dims")
+            if heads % kv_heads != 0:
+                raise ValueError(f"FlowHeadConfig.{stage}_kv_heads={kv_heads} must divide {stage}_heads={heads}")
+            mlp_dim = getattr(self, f"{stage}_mlp_dim")
+            if mlp_dim is not None and mlp_dim <= 0:
+                raise ValueError(f"FlowHeadConfig.{stage}_mlp_dim must be positive, got {mlp_dim}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"FlowHeadConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.injection not in INJECTIONS:
+            raise ValueError(f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError(f"FlowHeadConfig rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be > 0")
+
+    def mlp_dim(self, stage: int) -> int:
+        """SwiGLU hidden width of stage 1 or 2."""
+        explicit, dim = (self.stage1_mlp_dim, self.llm_dim) if stage == 1 else (self.stage2_mlp_dim, self.sem_dim)
+        return explicit if explicit is not None else int(dim * self.mlp_ratio)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block modulated by adaLN-Zero (shift/scale/gate for attention and MLP).
+
+    The norms carry no weight of their own: adaLN supplies the per-channel scale.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int, qkv_bias: bool = True, eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim, eps, affine=False)
+        self.attn = Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias)
+        self.norm2 = RMSNorm(dim, eps, affine=False)
+        self.mlp = SwiGLU(dim, mlp_dim)
+        self.adaln = AdaLNZero(dim, dim, 6)
+
+    def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Returns B×N×C."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(c_BC)
+        x_BNC = x_BNC + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x_BNC), shift_a, scale_a), rope)
+        return x_BNC + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x_BNC), shift_m, scale_m))
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated norm followed by a linear projection to `out_dim` channels per token."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float = 1e-6, zero_init: bool = True) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, eps, affine=False)
+        self.adaln = AdaLNZero(dim, dim, 2)
+        self.linear = nn.Linear(dim, out_dim)
+        if zero_init:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor) -> torch.Tensor:
+        """Returns B×N×out_dim."""
+        shift, scale = self.adaln(c_BC)
+        return self.linear(modulate(self.norm(x_BNC), shift, scale))
+
+
+class DiTStage(nn.Module):
+    """A stack of DiT blocks sharing one 1-D RoPE (positions 0..N−1, any grid), then a final layer."""
+
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, num_kv_heads: int, mlp_dim: int, out_dim: int,
+        rope_theta: float, qkv_bias: bool, eps: float, zero_init_out: bool,
+    ) -> None:
+        super().__init__()
+        self.rope = RotaryEmbedding1D(dim // num_heads, rope_theta)
+        self.blocks = nn.ModuleList(
+            DiTBlock(dim, num_heads, num_kv_heads, mlp_dim, qkv_bias=qkv_bias, eps=eps) for _ in range(depth)
+        )
+        self.final = FinalLayer(dim, out_dim, eps, zero_init=zero_init_out)
+
+    def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor) -> torch.Tensor:
+        """Returns B×N×out_dim."""
+        rope = self.rope(x_BNC.shape[1], dtype=x_BNC.dtype)
+        for block in self.blocks:
+            x_BNC = block(x_BNC, c_BC, rope)
+        return self.final(x_BNC, c_BC)
+
+
+class HighFrequencyInjection(nn.Module):
+    """`Z' ← LayerNorm(Z' + g(Z')·S)` with g learnt (`gated`), constant (`constant`) or zero (`off`)."""
+
+    def __init__(self, dim: int, mode: str, constant_gate: float = 1.0) -> None:
+        super().__init__()
+        if mode not in INJECTIONS:
+            raise ValueError(f"HighFrequencyInjection mode must be one of {INJECTIONS}, got {mode!r}")
+        self.mode = mode
+        self.constant_gate = constant_gate
+        self.gate = None
+        if mode == "gated":
+            self.gate = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+            nn.init.zeros_(self.gate[-1].weight)  # HFI starts switched off (g ≡ 0)
+            nn.init.zeros_(self.gate[-1].bias)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, z_BMC: torch.Tensor, detail_BMC: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the injected grid B×M×C and the gate values B×M."""
+        if self.mode == "off":
+            return self.norm(z_BMC), z_BMC.new_zeros(z_BMC.shape[:2])
+        if detail_BMC is None:
+            raise ValueError(f"HighFrequencyInjection mode={self.mode!r} needs detail_BMC, got None")
+        if self.gate is not None:
+            g_BM = self.gate(z_BMC).squeeze(-1)
+        else:
+            g_BM = z_BMC.new_full(z_BMC.shape[:2], self.constant_gate)
+        return self.norm(z_BMC + g_BM.unsqueeze(-1) * detail_BMC), g_BM
+
+
+def _pixel_shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
+    """B×(h·w)×(C·f²) → B×(hf·wf)×C in raster order.
+
+    Channel `c·f² + i·f + j` of token (y, x) becomes channel c of token (y·f + i, x·f + j), the ordering of
+    `torch.nn.functional.pixel_shuffle` (the inverse of `pixel_unshuffle`).
+    """
+    B, N, C = x_BNC.shape
+    h, w = grid_hw
+    x_BCHW = F.pixel_shuffle(x_BNC.transpose(1, 2).reshape(B, C, h, w), factor)
+    return x_BCHW.flatten(2).transpose(1, 2)
+
+
+class FlowHead(nn.Module):
+    """Cascaded flow-matching head: LLM hidden states of a generation block → latent velocity."""
+
+    def __init__(self, cfg: FlowHeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        f2 = cfg.shuffle_factor**2
+        self.time_embed1 = TimestepEmbedder(cfg.llm_dim, cfg.time_freq_dim)
+        self.stage1 = DiTStage(
+            cfg.llm_dim, cfg.stage1_depth, cfg.stage1_heads, cfg.stage1_kv_heads, cfg.mlp_dim(1), f2 * cfg.sem_dim,
+            cfg.rope_theta, cfg.qkv_bias, cfg.norm_eps, zero_init_out=False,
+        )
+        self.time_embed2 = TimestepEmbedder(cfg.sem_dim, cfg.time_freq_dim)
+        self.stage2 = DiTStage(
+            cfg.sem_dim, cfg.stage2_depth, cfg.stage2_heads, cfg.stage2_kv_heads, cfg.mlp_dim(2), cfg.latent_dim,
+            cfg.rope_theta, cfg.qkv_bias, cfg.norm_eps, zero_init_out=True,
+        )
+        self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate)
+
+    def forward(
+        self,
+        h_BNC: torch.Tensor,
+        t_B: torch.Tensor,
+        detail_BMC: torch.Tensor | None,
+        grid_hw: tuple[int, int],
+        return_gate: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Predicts the velocity.
+
+        Args:
+            h_BNC: LLM final hidden states at the image positions, raster order over the compressed grid.
+            t_B: Flow times in [0, 1] (a 0-d tensor is broadcast over the batch).
+            detail_BMC: Detail residual S on the full grid, B×(H·W)×sem_dim; may be None for `injection="off"`.
+            grid_hw: The compressed grid (h, w) of `h_BNC`; the output grid is (h·f, w·f).
+            return_gate: Also return the gate values B×(H·W) (zeros for `off`), e.g. for a heat-map.
+
+        Returns:
+            The velocity B×latent_dim×H×W, and the gate values when `return_gate`.
+        """
+        cfg = self.cfg
+        h, w = grid_hw
+        if h_BNC.ndim != 3 or h_BNC.shape[1] != h * w or h_BNC.shape[2] != cfg.llm_dim:
+            raise ValueError(f"h_BNC must be B×{h * w}×{cfg.llm_dim} for grid_hw={grid_hw}, got {tuple(h_BNC.shape)}")
+        B = h_BNC.shape[0]
+        H, W = h * cfg.shuffle_factor, w * cfg.shuffle_factor
+        if detail_BMC is not None and tuple(detail_BMC.shape) != (B, H * W, cfg.sem_dim):
+            raise ValueError(f"detail_BMC must be {(B, H * W, cfg.sem_dim)}, got {tuple(detail_BMC.shape)}")
+        t_B = t_B.expand(B) if t_B.ndim == 0 else t_B
+        if t_B.shape != (B,):
+            raise ValueError(f"t_B must have shape ({B},), got {tuple(t_B.shape)}")
+
+        z_BNC = self.stage1(h_BNC, self.time_embed1(t_B))
+        z_BMC = _pixel_shuffle_tokens(z_BNC, grid_hw, cfg.shuffle_factor)
+        z_BMC, gate_BM = self.hfi(z_BMC, detail_BMC)
+        v_BML = self.stage2(z_BMC, self.time_embed2(t_B))
+        v_BLHW = v_BML.transpose(1, 2).reshape(B, cfg.latent_dim, H, W)
+        return (v_BLHW, gate_BM) if return_gate else v_BLHW
