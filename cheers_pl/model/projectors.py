@@ -1,0 +1,104 @@
+"""Token compression: LayerNorm → pixel-unshuffle of the token grid → MLP to the LLM width (Cheers §1.1 step 5).
+
+`unshuffle_tokens` / `shuffle_tokens` are the token-sequence forms of `F.pixel_unshuffle` / `F.pixel_shuffle`
+(same channel order: channel c·f² + i·f + j of low-res token (y, x) is channel c of high-res token
+(y·f + i, x·f + j)); they are exact inverses and are shared with the flow head's pixel-shuffle.
+
+Shape legend: B batch, N tokens on the input grid (h·w, raster order), M = N / f² tokens on the coarse grid,
+C channels, f the (un)shuffle factor, D output width.
+
+References:
+    Cheers, arXiv 2603.12793, §3.1 (4× token compression: 2×2 unshuffle, 1024 → 256 tokens at 512 px).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_grid(x_BNC: torch.Tensor, grid_hw: tuple[int, int], name: str) -> tuple[int, int]:
+    if x_BNC.ndim != 3:
+        raise ValueError(f"{name} expects B,N,C tokens, got shape {tuple(x_BNC.shape)}")
+    B, N, C = x_BNC.shape
+    h, w = grid_hw
+    if h * w != N:
+        raise ValueError(f"{name}: grid_hw={tuple(grid_hw)} has {h * w} cells but there are N={N} tokens")
+    return B, C
+
+
+def unshuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
+    """Merge each f×f block of the (h, w) token grid into one token: B,h·w,C → B,(h/f)·(w/f),C·f².
+
+    Args:
+        x_BNC: Tokens in raster order of the (h, w) grid.
+        grid_hw: (h, w) of the input grid.
+        factor: f; 1 returns the input unchanged.
+    """
+    B, C = _check_grid(x_BNC, grid_hw, "unshuffle_tokens")
+    h, w = grid_hw
+    if factor < 1 or h % factor or w % factor:
+        raise ValueError(f"unshuffle_tokens: factor={factor} must be >= 1 and divide grid_hw={tuple(grid_hw)}")
+    if factor == 1:
+        return x_BNC
+    x_BCHW = F.pixel_unshuffle(x_BNC.transpose(1, 2).reshape(B, C, h, w), factor)
+    return x_BCHW.flatten(2).transpose(1, 2)
+
+
+def shuffle_tokens(x_BMC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
+    """Split each token into an f×f block: B,h·w,C·f² → B,(h·f)·(w·f),C; exact inverse of `unshuffle_tokens`.
+
+    Args:
+        x_BMC: Tokens in raster order of the coarse (h, w) grid.
+        grid_hw: (h, w) of the input (coarse) grid.
+        factor: f; 1 returns the input unchanged.
+    """
+    B, C = _check_grid(x_BMC, grid_hw, "shuffle_tokens")
+    h, w = grid_hw
+    if factor < 1 or C % (factor * factor):
+        raise ValueError(f"shuffle_tokens: factor={factor} must be >= 1 and factor² must divide channels C={C}")
+    if factor == 1:
+        return x_BMC
+    x_BCHW = F.pixel_shuffle(x_BMC.transpose(1, 2).reshape(B, C, h, w), factor)
+    return x_BCHW.flatten(2).transpose(1, 2)
+
+
+@dataclass
+class TokenCompressorConfig:
+    """Configuration of `TokenCompressor`. Defaults are the tiny preset; full values in the comments."""
+
+    in_dim: int = 64  # semantic encoder width (full: 1152)
+    out_dim: int = 128  # LLM width (full: 1536)
+    factor: int = 2  # 1 = no compression, 2 = the paper's 4× fewer tokens, 4 = 16×
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "out_dim", "factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class TokenCompressor(nn.Module):
+    """LayerNorm → f×f token unshuffle → MLP (C·f² → C·f² → GELU → D)."""
+
+    def __init__(self, cfg: TokenCompressorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hidden = cfg.in_dim * cfg.factor**2
+        self.norm = nn.LayerNorm(cfg.in_dim, eps=cfg.layer_norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, cfg.out_dim))
+
+    def output_grid(self, grid_hw: tuple[int, int]) -> tuple[int, int]:
+        """The compressed grid for an input grid (ValueError if the factor does not divide it)."""
+        h, w = grid_hw
+        f = self.cfg.factor
+        if h % f or w % f:
+            raise ValueError(f"compression factor={f} must divide the token grid {tuple(grid_hw)}")
+        return h // f, w // f
+
+    def forward(self, x_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Compress encoder tokens on the (h, w) grid. Returns B,(h/f)·(w/f),D."""
+        if x_BNC.shape[-1] != self.cfg.in_dim:
+            raise ValueError(f"TokenCompressor expects in_dim={self.cfg.in_dim} channels, got {x_BNC.shape[-1]}")
+        return self.mlp(unshuffle_tokens(self.norm(x_BNC), grid_hw, self.cfg.factor))
