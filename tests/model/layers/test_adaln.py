@@ -1,0 +1,23 @@
+import torch
+
+from cheers_pl.model.layers import AdaLNZero, modulate
+
+
+def test_adaln_zero_outputs_zero_at_init():
+    ada = AdaLNZero(cond_dim=12, dim=8, num_chunks=6)
+    chunks = ada(torch.randn(3, 12))
+    assert len(chunks) == 6
+    for chunk in chunks:
+        assert chunk.shape == (3, 8)
+        assert torch.equal(chunk, torch.zeros_like(chunk))
+
+
+def test_adaln_zero_receives_gradient_and_modulate_broadcasts():
+    ada = AdaLNZero(cond_dim=4, dim=5, num_chunks=2)
+    x = torch.randn(2, 3, 5)
+    shift, scale = ada(torch.randn(2, 4))
+    torch.testing.assert_close(modulate(x, shift, scale), x)  # identity at init
+    (modulate(x, shift, scale) * torch.randn_like(x)).sum().backward()
+    assert ada.linear.weight.grad.abs().sum() > 0
+    s, c = torch.randn(2, 5), torch.randn(2, 5)
+    torch.testing.assert_close(modulate(x, s, c), x * (1 + c[:, None]) + s[:, None])

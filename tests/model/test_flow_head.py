@@ -1,0 +1,153 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, _pixel_shuffle_tokens
+
+FULL = dict(
+    llm_dim=1536, sem_dim=1152, latent_dim=128, stage1_depth=7, stage1_heads=12, stage1_kv_heads=2,
+    stage2_depth=3, stage2_heads=16, stage2_kv_heads=2,
+)
+
+
+def _perturb_zero_inits(module: torch.nn.Module, skip: str = "\0") -> None:
+    """Gives every all-zero parameter (adaLN-Zero, zero-init outputs) small random values, except names with `skip`."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if skip not in name and torch.count_nonzero(p) == 0:
+                p.normal_(0.0, 0.1)
+
+
+def _inputs(cfg: FlowHeadConfig, grid_hw: tuple[int, int] = (4, 4), batch: int = 2):
+    h, w = grid_hw
+    f = cfg.shuffle_factor
+    return (
+        torch.randn(batch, h * w, cfg.llm_dim),
+        torch.rand(batch),
+        torch.randn(batch, h * w * f * f, cfg.sem_dim),
+    )
+
+
+@pytest.mark.parametrize("grid_hw", [(4, 4), (2, 3)])
+def test_tiny_output_shapes(grid_hw: tuple[int, int]):
+    cfg = FlowHeadConfig()
+    head = FlowHead(cfg)
+    h_BNC, t_B, detail = _inputs(cfg, grid_hw)
+    v, gate = head(h_BNC, t_B, detail, grid_hw, return_gate=True)
+    H, W = 2 * grid_hw[0], 2 * grid_hw[1]
+    assert v.shape == (2, cfg.latent_dim, H, W)
+    assert gate.shape == (2, H * W)
+    assert torch.equal(gate, torch.zeros_like(gate))  # zero-initialised gate
+    assert head(h_BNC, torch.tensor(0.3), detail, grid_hw).shape == v.shape  # 0-d t broadcasts
+
+
+def test_full_size_meta_shapes_and_parameter_budget():
+    cfg = FlowHeadConfig(**FULL)
+    with torch.device("meta"):
+        head = FlowHead(cfg)
+        v, gate = head(
+            torch.empty(2, 256, 1536), torch.empty(2), torch.empty(2, 1024, 1152), (16, 16), return_gate=True
+        )
+    assert v.shape == (2, 128, 32, 32) and gate.shape == (2, 1024)
+
+    def count(prefix: str) -> float:
+        return sum(p.numel() for n, p in head.named_parameters() if n.startswith(prefix)) / 1e6
+
+    # DESIGN.md 1.4: stage 1 ≈ 348M, stage 2 ≈ 83M, gate ≈ 1.3M, time embedders ≈ 4.4M
+    assert count("stage1.") == pytest.approx(348, rel=0.02)
+    assert count("stage2.") == pytest.approx(83, rel=0.02)
+    assert count("time_embed") == pytest.approx(4.4, rel=0.02)
+    # the gate is fixed by the design (1152→1152→SiLU→1, ≈1.33M); 1.3M is that number to two digits
+    assert count("hfi.gate.") == pytest.approx((1152 * 1152 + 1152 + 1152 + 1) / 1e6)
+    assert abs(count("hfi.") - 1.3) < 0.05
+
+
+def test_pixel_shuffle_tokens_ordering_and_inverse():
+    x_BNC = torch.randn(2, 6, 5 * 4)  # grid 2×3, C = 5, f = 2
+    y_BMC = _pixel_shuffle_tokens(x_BNC, (2, 3), 2)
+    assert y_BMC.shape == (2, 24, 5)
+    # channel c·4 + i·2 + j of token (r, s) lands at token (2r + i, 2s + j), raster index (2r + i)·6 + 2s + j
+    r, s, c, i, j = 1, 2, 3, 1, 0
+    assert y_BMC[0, (2 * r + i) * 6 + 2 * s + j, c] == x_BNC[0, r * 3 + s, c * 4 + i * 2 + j]
+    back = F.pixel_unshuffle(y_BMC.transpose(1, 2).reshape(2, 5, 4, 6), 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(back, x_BNC)
+
+
+def test_gated_equals_off_at_init_and_differs_once_gate_moves():
+    gated = FlowHead(FlowHeadConfig(injection="gated"))
+    _perturb_zero_inits(gated, skip="hfi.gate.2")
+    off = FlowHead(FlowHeadConfig(injection="off"))
+    missing, unexpected = off.load_state_dict(gated.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == [f"hfi.gate.{i}.{k}" for i in (0, 2) for k in ("bias", "weight")]
+    h_BNC, t_B, detail = _inputs(gated.cfg)
+    v_gated = gated(h_BNC, t_B, detail, (4, 4))
+    v_off = off(h_BNC, t_B, None, (4, 4))
+    assert v_off.abs().sum() > 0
+    assert torch.equal(v_gated, v_off)
+    _perturb_zero_inits(gated.hfi.gate)
+    v_moved, g = gated(h_BNC, t_B, detail, (4, 4), return_gate=True)
+    assert g.abs().sum() > 0
+    assert not torch.allclose(v_moved, v_off)
+
+
+def test_constant_injection_differs_from_off_and_reports_gate():
+    const = FlowHead(FlowHeadConfig(injection="constant", constant_gate=0.5))
+    _perturb_zero_inits(const)
+    off = FlowHead(FlowHeadConfig(injection="off"))
+    off.load_state_dict(const.state_dict())
+    h_BNC, t_B, detail = _inputs(const.cfg)
+    v_const, gate = const(h_BNC, t_B, detail, (4, 4), return_gate=True)
+    assert torch.equal(gate, torch.full_like(gate, 0.5))
+    assert not torch.allclose(v_const, off(h_BNC, t_B, detail, (4, 4)))
+    with pytest.raises(ValueError, match="detail_BMC"):
+        const(h_BNC, t_B, None, (4, 4))
+
+
+def test_gradients_reach_every_parameter():
+    head = FlowHead(FlowHeadConfig())
+    _perturb_zero_inits(head)
+    h_BNC, t_B, detail = _inputs(head.cfg)
+    h_BNC.requires_grad_(True)
+    head(h_BNC, t_B, detail, (4, 4)).square().sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert h_BNC.grad.abs().sum() > 0
+
+
+def test_stage2_learns_from_init_without_perturbation():
+    """At init v ≡ 0, yet the output layer gets a gradient (stage 1 output is not zero-initialised)."""
+    head = FlowHead(FlowHeadConfig())
+    h_BNC, t_B, detail = _inputs(head.cfg)
+    v = head(h_BNC, t_B, detail, (4, 4))
+    assert torch.equal(v, torch.zeros_like(v))
+    (v - torch.randn_like(v)).square().mean().backward()
+    assert head.stage2.final.linear.weight.grad.abs().sum() > 0
+
+
+def test_determinism_under_seed():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        head = FlowHead(FlowHeadConfig())
+        _perturb_zero_inits(head)
+        outs.append(head(*_inputs(head.cfg), (4, 4)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_config_and_input_validation():
+    with pytest.raises(ValueError, match="injection"):
+        FlowHeadConfig(injection="sometimes")
+    with pytest.raises(ValueError, match="stage2_kv_heads"):
+        FlowHeadConfig(stage2_heads=2, stage2_kv_heads=3)
+    with pytest.raises(ValueError, match="stage1_heads"):
+        FlowHeadConfig(stage1_heads=3)
+    cfg = FlowHeadConfig()
+    assert dataclasses.replace(cfg, stage1_mlp_dim=100).mlp_dim(1) == 100 and cfg.mlp_dim(2) == 256
+    head = FlowHead(cfg)
+    h_BNC, t_B, detail = _inputs(cfg)
+    with pytest.raises(ValueError, match="grid_hw"):
+        head(h_BNC, t_B, detail, (4, 5))
+    with pytest.raises(ValueError, match="detail_BMC"):
+        head(h_BNC, t_B, detail[:, :10], (4, 4))
