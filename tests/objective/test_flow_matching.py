@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from cheers_pl.objective.flow_matching import (
+    FlowMatchingConfig,
+    flow_loss,
+    interpolate,
+    sample_t,
+    target_velocity,
+)
+from cheers_pl.objective.sampling import warp_time
+
+
+def test_path_endpoints_and_midpoint():
+    x0, x1 = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    torch.testing.assert_close(interpolate(x0, x1, torch.zeros(3)), x0)
+    torch.testing.assert_close(interpolate(x0, x1, torch.ones(3)), x1)
+    t = torch.tensor([0.0, 0.25, 1.0])
+    xt = interpolate(x0, x1, t)
+    torch.testing.assert_close(xt[1], 0.25 * x1[1] + 0.75 * x0[1])
+    torch.testing.assert_close(interpolate(x0, x1, torch.tensor(0.5)), (x0 + x1) / 2)
+
+
+def test_velocity_is_time_derivative_of_path():
+    x0, x1 = torch.randn(2, 5), torch.randn(2, 5)
+    t, dt = torch.full((2,), 0.3), 1e-3
+    finite_diff = (interpolate(x0, x1, t + dt) - interpolate(x0, x1, t)) / dt
+    torch.testing.assert_close(finite_diff, target_velocity(x0, x1), atol=1e-3, rtol=1e-3)
+
+
+def test_oracle_velocity_gives_zero_loss_and_wrong_one_does_not():
+    x0, x1 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    assert flow_loss(x1 - x0, x0, x1).item() == 0.0
+    assert flow_loss(torch.zeros_like(x0), x0, x1).item() == pytest.approx((x1 - x0).pow(2).mean().item())
+
+
+def test_loss_averages_over_generation_slots_only():
+    x0, x1 = torch.randn(4, 6), torch.randn(4, 6)
+    v = x1 - x0
+    v[2:] += 10.0  # understanding slots: predictions there must not matter
+    is_gen = torch.tensor([True, True, False, False])
+    assert flow_loss(v, x0, x1, weight_B=is_gen).item() == 0.0
+    v_bad = v.clone()
+    v_bad[0] += 1.0
+    assert flow_loss(v_bad, x0, x1, weight_B=is_gen).item() == pytest.approx(0.5)
+    # no generation slot: zero, but still part of the graph
+    v_req = v.clone().requires_grad_(True)
+    loss = flow_loss(v_req, x0, x1, weight_B=torch.zeros(4))
+    loss.backward()
+    assert loss.item() == 0.0 and v_req.grad is not None
+    with pytest.raises(ValueError, match="weight_B"):
+        flow_loss(v, x0, x1, weight_B=torch.ones(3))
+
+
+def test_understanding_zero_target_matches_official_convention():
+    x0, x1 = torch.randn(4, 6), torch.randn(4, 6)
+    is_gen = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    v = torch.zeros(4, 6)
+    v[[0, 2]] = (x1 - x0)[[0, 2]]
+    assert flow_loss(v, x0, x1, weight_B=is_gen, understanding_zero_target=True).item() == 0.0
+    v[1] = 2.0
+    expected = (4.0 * 6) / (4 * 6)  # one slot of six 2² errors, mean over all four slots
+    assert flow_loss(v, x0, x1, weight_B=is_gen, understanding_zero_target=True).item() == pytest.approx(expected)
+
+
+def test_uniform_sampling_range_and_mean():
+    g = torch.Generator().manual_seed(0)
+    t = sample_t(20000, FlowMatchingConfig(), generator=g)
+    assert t.shape == (20000,) and t.dtype == torch.float32
+    assert t.min() >= 0 and t.max() < 1
+    assert t.mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_logit_normal_sampling_in_open_interval_and_mean_follows_logit_mean():
+    g = torch.Generator().manual_seed(0)
+    t = sample_t(20000, FlowMatchingConfig(t_sampling="logit_normal"), generator=g)
+    assert t.min() > 0 and t.max() < 1
+    assert t.mean().item() == pytest.approx(0.5, abs=0.01)
+    t_hi = sample_t(20000, FlowMatchingConfig(t_sampling="logit_normal", logit_mean=1.0), generator=g)
+    assert t_hi.mean() > 0.65
+    assert (t.std() < torch.rand(20000, generator=g).std()).item()  # concentrated in the middle
+
+
+def test_shift_moves_mass_towards_noise():
+    cfg = FlowMatchingConfig(shift=3.0)
+    t_shift = sample_t(5000, cfg, generator=torch.Generator().manual_seed(1))
+    t_plain = sample_t(5000, FlowMatchingConfig(), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(t_shift, warp_time(t_plain, 1 / 3))
+    # SD3 form on the noise level σ = 1 − t
+    sigma = 1 - t_plain
+    torch.testing.assert_close(1 - t_shift, 3 * sigma / (1 + 2 * sigma))
+    assert t_shift.mean() < t_plain.mean() - 0.1
+
+
+def test_sampling_is_deterministic_under_seed():
+    cfg = FlowMatchingConfig(t_sampling="logit_normal")
+    a = sample_t(8, cfg, generator=torch.Generator().manual_seed(7))
+    b = sample_t(8, cfg, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="t_sampling"):
+        FlowMatchingConfig(t_sampling="beta")
+    with pytest.raises(ValueError, match="shift"):
+        FlowMatchingConfig(shift=0.0)

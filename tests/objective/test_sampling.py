@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from cheers_pl.objective.sampling import (
+    SAMPLERS,
+    euler,
+    guided_velocity,
+    heun,
+    initial_noise,
+    solve,
+    time_grid,
+    warp_time,
+)
+
+
+def test_warp_time_identity_fixed_ends_and_bias_towards_noise():
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    torch.testing.assert_close(warp_time(t, 1.0), t)
+    warped = warp_time(t, 0.5)
+    assert warped[0] == 0 and warped[-1] == 1
+    assert (warped[1:-1] < t[1:-1]).all()
+    grid = time_grid(10, alpha=0.5)
+    steps = grid.diff()
+    assert grid.shape == (11,) and grid[0] == 0 and grid[-1] == 1
+    assert (steps > 0).all() and steps[0] < steps[-1]  # smaller steps near noise (t = 0)
+    assert (grid < 0.5).sum() > 5  # more than half the steps spent below t = 0.5
+    with pytest.raises(ValueError, match="alpha"):
+        warp_time(t, 0.0)
+
+
+def test_euler_integrates_constant_field_exactly():
+    b = torch.randn(3, 4)
+    x0 = torch.randn(3, 4)
+    x1 = euler(lambda x, t: b.expand_as(x), x0, time_grid(7, alpha=0.5))
+    torch.testing.assert_close(x1, x0 + b)
+
+
+def test_heun_integrates_affine_in_t_field_exactly_and_euler_does_not():
+    a, b = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+
+    def fn(x: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        return a * t_B[:, None] + b
+
+    x0 = torch.randn(2, 5, dtype=torch.float64)
+    exact = x0 + a / 2 + b  # ∫₀¹ (a·t + b) dt
+    times = time_grid(4, dtype=torch.float64)
+    torch.testing.assert_close(heun(fn, x0, times), exact)
+    assert not torch.allclose(euler(fn, x0, times), exact)
+
+
+def test_heun_beats_euler_on_state_dependent_field():
+    x0 = torch.ones(1, 1, dtype=torch.float64)  # dx/dt = x → e
+    exact = torch.e
+    times = time_grid(10, dtype=torch.float64)
+    err_euler = (euler(lambda x, t: x, x0, times) - exact).abs().item()
+    err_heun = (heun(lambda x, t: x, x0, times) - exact).abs().item()
+    assert err_heun < err_euler / 10
+
+
+def test_callback_receives_each_step_and_times_are_batched():
+    seen = []
+    x0 = torch.zeros(2, 3)
+    solve(lambda x, t: torch.ones_like(x), x0, num_steps=5, callback=lambda i, t, x, v: seen.append((i, t.clone())))
+    assert [i for i, _ in seen] == list(range(5))
+    assert all(t.shape == (2,) for _, t in seen)
+    assert seen[0][1][0] == 0.0
+    assert set(SAMPLERS) == {"euler", "heun"}
+    with pytest.raises(ValueError, match="sampler"):
+        solve(lambda x, t: x, x0, 3, sampler="rk45")
+
+
+def _cond_uncond_fn(v_c: torch.Tensor, v_u: torch.Tensor):
+    calls = []
+
+    def fn_batched(x: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        half = x.shape[0] // 2
+        assert torch.equal(x[:half], x[half:]) and torch.equal(t_B[:half], t_B[half:])
+        return torch.cat([v_c, v_u])
+
+    return fn_batched, calls
+
+
+def test_guidance_scale_one_is_conditional_and_zero_is_unconditional():
+    v_c, v_u = torch.randn(2, 4), torch.randn(2, 4)
+    x, t = torch.randn(2, 4), torch.rand(2)
+    fn_batched, calls = _cond_uncond_fn(v_c, v_u)
+    torch.testing.assert_close(guided_velocity(fn_batched, 1.0)(x, t), v_c)
+    torch.testing.assert_close(guided_velocity(fn_batched, 0.0)(x, t), v_u)
+    torch.testing.assert_close(guided_velocity(fn_batched, 3.0)(x, t), v_u + 3.0 * (v_c - v_u))
+    assert calls == [4, 4, 4]  # cond and uncond in one batch
+
+
+def test_sampler_determinism_with_seeded_generator():
+    def run(seed: int) -> torch.Tensor:
+        x0 = initial_noise((2, 3, 4, 4), generator=torch.Generator().manual_seed(seed))
+        return solve(lambda x, t: -x * t[:, None, None, None], x0, num_steps=6, alpha=0.5, sampler="heun")
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+    noise = initial_noise((2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert noise.dtype == torch.float64 and noise.shape == (2, 3)
