@@ -95,6 +95,10 @@ class VisionEncoder(nn.Module, ABC):
     def _patch_embed(self, pixels_B3HW: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
+    def patch_embed_parameters(self) -> list[nn.Parameter]:
+        """Parameters of S(·) (patch conv + position embedding), e.g. to freeze them when S is bypassed."""
+
+    @abstractmethod
     def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
         """Transformer blocks + post-LayerNorm on given embeddings. Returns B,N,C."""
 
@@ -138,6 +142,10 @@ class HFSiglipEncoder(VisionEncoder):
 
     def _patch_embed(self, pixels_B3HW: torch.Tensor) -> torch.Tensor:
         return self.model.embeddings(pixels_B3HW)
+
+    def patch_embed_parameters(self) -> list[nn.Parameter]:
+        """Parameters of S(·): the patch conv and the position embedding table."""
+        return list(self.model.embeddings.parameters())
 
     def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
         """Transformer blocks + post-LayerNorm on given embeddings. Returns B,N,C."""
@@ -184,6 +192,12 @@ class TimmSiglipEncoder(VisionEncoder):
     def _patch_embed(self, pixels_B3HW: torch.Tensor) -> torch.Tensor:
         m = self.model
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels_B3HW))))
+
+    def patch_embed_parameters(self) -> list[nn.Parameter]:
+        """Parameters of S(·): the patch conv and `pos_embed` (no class token in SigLIP)."""
+        m = self.model
+        extra = [t for t in (m.pos_embed, m.cls_token, m.reg_token) if t is not None]
+        return [*m.patch_embed.parameters(), *extra, *m.norm_pre.parameters()]
 
     def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
         """Transformer blocks + final LayerNorm on given embeddings. Returns B,N,C."""

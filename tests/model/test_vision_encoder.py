@@ -43,6 +43,15 @@ def test_tiny_shapes_and_library_parity(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_patch_embed_parameters_are_exactly_those_of_s(backend: str) -> None:
+    encoder = build_vision_encoder(VisionEncoderConfig(backend=backend))
+    encoder.patch_embed(_pixels()).sum().backward()
+    with_grad = {id(p) for p in encoder.parameters() if p.grad is not None}
+    assert with_grad == {id(p) for p in encoder.patch_embed_parameters()}
+    assert len(with_grad) == 3  # conv weight, conv bias, position embedding
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_reach_every_parameter(backend: str) -> None:
     encoder = build_vision_encoder(VisionEncoderConfig(backend=backend))
     encoder(_pixels()).square().mean().backward()

@@ -1,0 +1,193 @@
+"""Unified vision tokenizer: frozen VAE → noisy latent → pixel decoder D → semantic encoder → token compressor.
+
+Composition only (Cheers §1.1). One path serves both tasks; the caller picks the timestep t per image:
+t = 1 for understanding inputs (clean latent), t ~ U(0, 1) (or logit-normal / shifted) for generation targets,
+and no image at all (t = 0 is pure noise) for text-only samples. With `encoder_input="latents"` the normalised
+latent goes straight into the encoder through a 1×1 conv patch embedding (the paper's appendix ablation that drops
+OCR-grade detail), replacing D and the pixel patch embedding.
+
+Shape legend: B batch, H/W image side, P latent channels of z (4·C), h/w latent grid = semantic token grid,
+N = h·w semantic tokens of width C_enc, M = N / f² LLM tokens of width D.
+
+References:
+    Cheers, arXiv 2603.12793, §3.1 and appendix (pixel decoding vs latents into the ViT).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cheers_pl.model.projectors import TokenCompressor, TokenCompressorConfig
+from cheers_pl.model.vae import VAE, VAEConfig, full_vae_config
+from cheers_pl.model.vision_encoder import VisionEncoderConfig, build_vision_encoder, full_vision_encoder_config
+
+ENCODER_INPUTS = ("pixels", "latents")
+
+
+@dataclass
+class VisionTokenizerConfig:
+    """Configuration of `VisionTokenizer`. Defaults are the tiny preset."""
+
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    encoder: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
+    compression: int = 2  # f: f×f token unshuffle (1 = none, 2 = paper's 4× fewer tokens, 4 = 16×)
+    encoder_input: str = "pixels"  # "pixels" (D(z_t) → encoder, the paper) | "latents" (ablation)
+    llm_dim: int = 128  # full: 1536
+
+    def __post_init__(self) -> None:
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input={self.encoder_input!r} is not one of {ENCODER_INPUTS}")
+        if self.compression < 1:
+            raise ValueError(f"compression must be >= 1, got {self.compression}")
+        if self.llm_dim < 1:
+            raise ValueError(f"llm_dim must be >= 1, got {self.llm_dim}")
+
+
+def full_vision_tokenizer_config(
+    vae_pretrained: str | None = None, encoder_pretrained: str | None = None, backend: str = "hf_siglip"
+) -> VisionTokenizerConfig:
+    """The 1.5B preset: FLUX.2 VAE, SigLIP2 so400m/16 at 512 px, 4× compression into width 1536."""
+    return VisionTokenizerConfig(
+        vae=full_vae_config(vae_pretrained),
+        encoder=full_vision_encoder_config(backend, encoder_pretrained),
+        llm_dim=1536,
+    )
+
+
+@dataclass
+class TokenizerOutput:
+    """Everything `VisionTokenizer.forward` computes (shapes in the module legend)."""
+
+    z1: torch.Tensor  # B,P,h,w clean normalised latent
+    z0: torch.Tensor  # B,P,h,w noise
+    z_t: torch.Tensor  # B,P,h,w noisy latent t·z1 + (1−t)·z0
+    llm_tokens: torch.Tensor  # B,M,D
+    detail: torch.Tensor  # B,N,C_enc, S(D(z_t)) (or the latent embedding)
+    decoded: torch.Tensor | None  # B,3,H,W, D(z_t); None for encoder_input="latents"
+
+
+class LatentEmbed(nn.Module):
+    """1×1 conv patch embedding of the normalised latent + learned position embedding (latents ablation)."""
+
+    def __init__(self, latent_dim: int, dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(latent_dim, dim, kernel_size=1)
+        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
+
+    def forward(self, z_BPhw: torch.Tensor) -> torch.Tensor:
+        """Returns B,N,C_enc with N = h·w in raster order."""
+        return self.proj(z_BPhw).flatten(2).transpose(1, 2) + self.pos_embed
+
+
+class VisionTokenizer(nn.Module):
+    """Images → (noisy) latents → LLM image tokens + detail residual, with a frozen VAE."""
+
+    def __init__(self, cfg: VisionTokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vae = VAE(cfg.vae).requires_grad_(False).eval()
+        self.encoder = build_vision_encoder(cfg.encoder)
+        down, patch = self.vae.downsample_factor, self.encoder.patch_size
+        if patch != down:
+            raise ValueError(
+                f"encoder patch_size={patch} must equal the VAE's total down-sampling factor {down} "
+                f"(conv ×{down // cfg.vae.patch_size} · patchify {cfg.vae.patch_size}) so tokens align with latents"
+            )
+        grid = self.encoder.grid_size
+        if grid[0] % cfg.compression or grid[1] % cfg.compression:
+            raise ValueError(
+                f"encoder grid {grid} (image_size={self.encoder.image_size} / patch_size={patch}) "
+                f"must be divisible by compression={cfg.compression}"
+            )
+        if self.encoder.in_channels != cfg.vae.in_channels:
+            raise ValueError(
+                f"encoder in_channels={self.encoder.in_channels} must equal vae in_channels={cfg.vae.in_channels}"
+            )
+        if cfg.encoder_input == "pixels":
+            self.pixel_decoder = self.vae.make_pixel_decoder()
+            self.latent_embed = None
+        else:
+            self.pixel_decoder = None
+            self.latent_embed = LatentEmbed(self.vae.latent_dim, self.encoder.dim, self.encoder.num_tokens)
+            # the pixel patch embedding is bypassed: freeze it so no trainable parameter is left without gradient
+            for p in self.encoder.patch_embed_parameters():
+                p.requires_grad_(False)
+        self.compressor = TokenCompressor(
+            TokenCompressorConfig(in_dim=self.encoder.dim, out_dim=cfg.llm_dim, factor=cfg.compression)
+        )
+
+    def train(self, mode: bool = True) -> "VisionTokenizer":
+        """Set train/eval mode; the frozen VAE always stays in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    @property
+    def semantic_grid_hw(self) -> tuple[int, int]:
+        """Semantic token grid (= latent grid): image side / patch size."""
+        return self.encoder.grid_size
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Compressed (LLM) token grid: semantic grid / compression."""
+        h, w = self.semantic_grid_hw
+        return h // self.cfg.compression, w // self.cfg.compression
+
+    @property
+    def num_image_tokens(self) -> int:
+        """LLM tokens per image: (H/p/f)·(W/p/f)."""
+        return self.grid_hw[0] * self.grid_hw[1]
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels P of the normalised latent z (the flow head's output width)."""
+        return self.vae.latent_dim
+
+    @property
+    def detail_dim(self) -> int:
+        """Width of the detail residual S(D(z_t)) = semantic encoder width."""
+        return self.encoder.dim
+
+    def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → clean normalised latent z1 B,P,h,w (no gradient through the frozen VAE)."""
+        side = self.encoder.image_size
+        expected = (self.cfg.vae.in_channels, side, side)
+        if images_B3HW.ndim != 4 or tuple(images_B3HW.shape[1:]) != expected:
+            raise ValueError(f"images must have shape (B, *{expected}), got {tuple(images_B3HW.shape)}")
+        with torch.no_grad():
+            return self.vae.encode(images_B3HW)
+
+    def add_noise(
+        self, z1: torch.Tensor, t_B: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh Gaussian z0 per image and z_t = t·z1 + (1−t)·z0 (t = 1 is data). Returns (z_t, z0)."""
+        if t_B.shape != (z1.shape[0],):
+            raise ValueError(f"t_B must have shape ({z1.shape[0]},), got {tuple(t_B.shape)}")
+        z0 = torch.randn(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
+        t = t_B.to(z1.dtype).view(-1, *([1] * (z1.ndim - 1)))
+        return t * z1 + (1 - t) * z0, z0
+
+    def _tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.pixel_decoder is not None:
+            decoded = self.pixel_decoder(self.vae.to_raw(z_t))
+            emb_BNC = self.encoder.patch_embed(decoded)
+        else:
+            decoded = None
+            emb_BNC = self.latent_embed(z_t)
+        feats_BNC = self.encoder.forward_embeddings(emb_BNC)
+        return self.compressor(feats_BNC, self.semantic_grid_hw), emb_BNC, decoded
+
+    def tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noisy latent → (LLM tokens B,M,D, detail residual S(D(z_t)) B,N,C_enc)."""
+        llm_tokens, detail, _ = self._tokenize(z_t)
+        return llm_tokens, detail
+
+    def forward(
+        self, images_B3HW: torch.Tensor, t_B: torch.Tensor, generator: torch.Generator | None = None
+    ) -> TokenizerOutput:
+        """Encode, noise to the caller's t (1 = understanding, U(0,1) = generation) and tokenize."""
+        z1 = self.encode(images_B3HW)
+        z_t, z0 = self.add_noise(z1, t_B, generator)
+        llm_tokens, detail, decoded = self._tokenize(z_t)
+        return TokenizerOutput(z1=z1, z0=z0, z_t=z_t, llm_tokens=llm_tokens, detail=detail, decoded=decoded)

@@ -1,0 +1,106 @@
+"""Tests for cheers_pl.model.vision_tokenizer: geometry, frozen VAE, noising, both encoder inputs."""
+
+import pytest
+import torch
+
+from cheers_pl.model.vae import VAEConfig
+from cheers_pl.model.vision_encoder import VisionEncoderConfig
+from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
+
+
+def _images(n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+@pytest.mark.parametrize("encoder_input", ["pixels", "latents"])
+def test_tiny_shapes(encoder_input: str) -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig(encoder_input=encoder_input))
+    out = tok(_images(), torch.tensor([1.0, 0.3]))
+    assert out.z1.shape == out.z0.shape == out.z_t.shape == (2, 32, 8, 8)
+    assert out.llm_tokens.shape == (2, 16, 128) and out.detail.shape == (2, 64, 64)
+    assert (tok.num_image_tokens, tok.grid_hw, tok.semantic_grid_hw) == (16, (4, 4), (8, 8))
+    assert (tok.latent_dim, tok.detail_dim) == (32, 64)
+    if encoder_input == "pixels":
+        assert out.decoded.shape == (2, 3, 64, 64) and tok.latent_embed is None
+    else:
+        assert out.decoded is None and tok.pixel_decoder is None and tok.latent_embed is not None
+
+
+def test_full_size_geometry_on_meta_device() -> None:
+    with torch.device("meta"):
+        tok = VisionTokenizer(full_vision_tokenizer_config())
+        out = tok(torch.zeros(1, 3, 512, 512), torch.ones(1))
+    assert out.z1.shape == (1, 128, 32, 32)
+    assert out.detail.shape == (1, 1024, 1152) and out.llm_tokens.shape == (1, 256, 1536)
+    assert tok.num_image_tokens == 256 and tok.semantic_grid_hw == (32, 32)
+    decoder_params = sum(p.numel() for p in tok.pixel_decoder.parameters())
+    assert 45e6 < decoder_params < 55e6  # DESIGN.md §1.4: decoder copy ≈ 50M
+
+
+def test_geometry_errors_state_the_numbers() -> None:
+    with pytest.raises(ValueError, match=r"patch_size=16 must equal the VAE's total down-sampling factor 8"):
+        VisionTokenizer(VisionTokenizerConfig(encoder=VisionEncoderConfig(patch_size=16)))
+    with pytest.raises(ValueError, match=r"grid \(8, 8\).*compression=3"):
+        VisionTokenizer(VisionTokenizerConfig(compression=3))
+    with pytest.raises(ValueError, match="encoder_input='ids'"):
+        VisionTokenizerConfig(encoder_input="ids")
+    # a VAE with ×8 conv down-sampling (total 16) aligns with patch 16
+    cfg = VisionTokenizerConfig(
+        vae=VAEConfig(block_out_channels=[16, 16, 16, 16], norm_num_groups=4),
+        encoder=VisionEncoderConfig(patch_size=16),
+        compression=4,
+    )
+    assert VisionTokenizer(cfg).num_image_tokens == 1
+
+
+def test_images_shape_error() -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig())
+    with pytest.raises(ValueError, match=r"\(2, 3, 32, 32\)"):
+        tok.encode(torch.zeros(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("encoder_input", ["pixels", "latents"])
+def test_gradients_reach_trainables_not_the_frozen_vae(encoder_input: str) -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig(encoder_input=encoder_input)).train()
+    assert not tok.vae.training and tok.encoder.training  # train() keeps the VAE in eval mode
+    out = tok(_images(), torch.tensor([0.5, 0.9]))
+    (out.llm_tokens.square().mean() + out.detail.square().mean()).backward()
+    assert not out.z1.requires_grad
+    bypassed = {id(p) for p in tok.encoder.patch_embed_parameters()} if encoder_input == "latents" else set()
+    for name, p in tok.named_parameters():
+        if name.startswith("vae.") or id(p) in bypassed:
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_add_noise_endpoints_and_generator() -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig())
+    z1 = torch.randn(3, 32, 8, 8)
+    z_t, z0 = tok.add_noise(z1, torch.tensor([1.0, 0.0, 0.25]), torch.Generator().manual_seed(0))
+    assert torch.equal(z_t[0], z1[0]) and torch.equal(z_t[1], z0[1])
+    assert torch.allclose(z_t[2], 0.25 * z1[2] + 0.75 * z0[2])
+    _, z0_again = tok.add_noise(z1, torch.ones(3), torch.Generator().manual_seed(0))
+    assert torch.equal(z0, z0_again)
+    with pytest.raises(ValueError, match=r"t_B must have shape \(3,\), got \(1,\)"):
+        tok.add_noise(z1, torch.ones(1))
+
+
+def test_pixel_decoder_starts_as_the_vae_decoder_and_detail_is_patch_embed() -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig()).eval()
+    with torch.no_grad():
+        out = tok(_images(), torch.ones(2))
+        assert torch.allclose(out.decoded, tok.vae.decode(out.z1), atol=1e-5)
+        assert torch.allclose(out.detail, tok.encoder.patch_embed(out.decoded), atol=1e-6)
+        tokens, detail = tok.tokenize(out.z1)  # t = 1: tokenising z_t is tokenising the clean latent
+    assert torch.allclose(tokens, out.llm_tokens, atol=1e-6) and torch.allclose(detail, out.detail, atol=1e-6)
+
+
+def test_deterministic_under_seed() -> None:
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        tok = VisionTokenizer(VisionTokenizerConfig()).eval()
+        with torch.no_grad():
+            outs.append(tok(_images(), torch.full((2,), 0.5), torch.Generator().manual_seed(2)).llm_tokens)
+    assert torch.equal(outs[0], outs[1])
