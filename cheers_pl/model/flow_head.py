@@ -1,7 +1,8 @@
 """Cascaded flow-matching (CFM) head with gated high-frequency injection (HFI).
 
 Stage 1 (semantics) runs adaLN-Zero DiT blocks at LLM width on the compressed h×w grid of LLM hidden states and
-projects each token to f²·sem_dim channels, which a pixel-shuffle turns into the H×W = (h·f)×(w·f) semantic grid Z'.
+projects each token to f²·sem_dim channels, which a pixel-shuffle (`projectors.shuffle_tokens`, the inverse of the
+understanding path's unshuffle) turns into the H×W = (h·f)×(w·f) semantic grid Z'.
 HFI adds the caller's detail residual S (the semantic encoder's patch embedding of the decoded current latent):
 `Z' ← LayerNorm(Z' + g(Z')·S)`. Stage 2 (details) runs DiT blocks at semantic width on H×W and predicts the
 velocity `v = x1 − x0` in the normalised VAE latent space (flow convention: t = 1 is data).
@@ -24,11 +25,11 @@ References:
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cheers_pl.model.layers import AdaLNZero, Attention, RMSNorm, RotaryEmbedding1D, SwiGLU, TimestepEmbedder
 from cheers_pl.model.layers.adaln import modulate
+from cheers_pl.model.projectors import shuffle_tokens
 
 INJECTIONS = ("gated", "off", "constant")
 
@@ -150,7 +151,7 @@ class DiTStage(nn.Module):
 class HighFrequencyInjection(nn.Module):
     """`Z' ← LayerNorm(Z' + g(Z')·S)` with g learnt (`gated`), constant (`constant`) or zero (`off`)."""
 
-    def __init__(self, dim: int, mode: str, constant_gate: float = 1.0) -> None:
+    def __init__(self, dim: int, mode: str, constant_gate: float = 1.0, eps: float = 1e-6) -> None:
         super().__init__()
         if mode not in INJECTIONS:
             raise ValueError(f"HighFrequencyInjection mode must be one of {INJECTIONS}, got {mode!r}")
@@ -161,7 +162,7 @@ class HighFrequencyInjection(nn.Module):
             self.gate = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
             nn.init.zeros_(self.gate[-1].weight)  # HFI starts switched off (g ≡ 0)
             nn.init.zeros_(self.gate[-1].bias)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, z_BMC: torch.Tensor, detail_BMC: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the injected grid B×M×C and the gate values B×M."""
@@ -174,18 +175,6 @@ class HighFrequencyInjection(nn.Module):
         else:
             g_BM = z_BMC.new_full(z_BMC.shape[:2], self.constant_gate)
         return self.norm(z_BMC + g_BM.unsqueeze(-1) * detail_BMC), g_BM
-
-
-def _pixel_shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
-    """B×(h·w)×(C·f²) → B×(hf·wf)×C in raster order.
-
-    Channel `c·f² + i·f + j` of token (y, x) becomes channel c of token (y·f + i, x·f + j), the ordering of
-    `torch.nn.functional.pixel_shuffle` (the inverse of `pixel_unshuffle`).
-    """
-    B, N, C = x_BNC.shape
-    h, w = grid_hw
-    x_BCHW = F.pixel_shuffle(x_BNC.transpose(1, 2).reshape(B, C, h, w), factor)
-    return x_BCHW.flatten(2).transpose(1, 2)
 
 
 class FlowHead(nn.Module):
@@ -205,7 +194,7 @@ class FlowHead(nn.Module):
             cfg.sem_dim, cfg.stage2_depth, cfg.stage2_heads, cfg.stage2_kv_heads, cfg.mlp_dim(2), cfg.latent_dim,
             cfg.rope_theta, cfg.qkv_bias, cfg.norm_eps, zero_init_out=True,
         )
-        self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate)
+        self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate, cfg.norm_eps)
 
     def forward(
         self,
@@ -240,7 +229,7 @@ class FlowHead(nn.Module):
             raise ValueError(f"t_B must have shape ({B},), got {tuple(t_B.shape)}")
 
         z_BNC = self.stage1(h_BNC, self.time_embed1(t_B))
-        z_BMC = _pixel_shuffle_tokens(z_BNC, grid_hw, cfg.shuffle_factor)
+        z_BMC = shuffle_tokens(z_BNC, grid_hw, cfg.shuffle_factor)
         z_BMC, gate_BM = self.hfi(z_BMC, detail_BMC)
         v_BML = self.stage2(z_BMC, self.time_embed2(t_B))
         v_BLHW = v_BML.transpose(1, 2).reshape(B, cfg.latent_dim, H, W)

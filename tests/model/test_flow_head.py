@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, _pixel_shuffle_tokens
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
+from cheers_pl.model.projectors import shuffle_tokens
 
 FULL = dict(
     llm_dim=1536, sem_dim=1152, latent_dim=128, stage1_depth=7, stage1_heads=12, stage1_kv_heads=2,
@@ -64,15 +64,21 @@ def test_full_size_meta_shapes_and_parameter_budget():
     assert abs(count("hfi.") - 1.3) < 0.05
 
 
-def test_pixel_shuffle_tokens_ordering_and_inverse():
-    x_BNC = torch.randn(2, 6, 5 * 4)  # grid 2×3, C = 5, f = 2
-    y_BMC = _pixel_shuffle_tokens(x_BNC, (2, 3), 2)
-    assert y_BMC.shape == (2, 24, 5)
-    # channel c·4 + i·2 + j of token (r, s) lands at token (2r + i, 2s + j), raster index (2r + i)·6 + 2s + j
+def test_stage1_pixel_shuffle_feeds_injection():
+    """Stage 1 gives f²·sem_dim channels on the h×w grid; pixel-shuffled, they are the (hf·wf)×sem_dim grid Z'."""
+    cfg = FlowHeadConfig(injection="off")
+    head = FlowHead(cfg)
+    h_BNC, t_B, _ = _inputs(cfg, grid_hw=(2, 3))
+    z_BNC = head.stage1(h_BNC, head.time_embed1(t_B))
+    assert z_BNC.shape == (2, 6, 4 * cfg.sem_dim)
+    seen = {}
+    head.hfi.register_forward_hook(lambda mod, args, out: seen.update(z=args[0]))
+    head(h_BNC, t_B, None, (2, 3))
+    assert seen["z"].shape == (2, 24, cfg.sem_dim)
+    torch.testing.assert_close(seen["z"], shuffle_tokens(z_BNC, (2, 3), 2))
+    # channel c·4 + i·2 + j of coarse token (r, s) is channel c of fine token (2r + i, 2s + j) in a 4×6 raster
     r, s, c, i, j = 1, 2, 3, 1, 0
-    assert y_BMC[0, (2 * r + i) * 6 + 2 * s + j, c] == x_BNC[0, r * 3 + s, c * 4 + i * 2 + j]
-    back = F.pixel_unshuffle(y_BMC.transpose(1, 2).reshape(2, 5, 4, 6), 2).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(back, x_BNC)
+    assert seen["z"][0, (2 * r + i) * 6 + 2 * s + j, c] == z_BNC[0, r * 3 + s, c * 4 + i * 2 + j]
 
 
 def test_gated_equals_off_at_init_and_differs_once_gate_moves():
