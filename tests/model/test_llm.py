@@ -208,3 +208,17 @@ def test_full_size_builds_on_meta_with_qwen2p5_1p5b_parameter_count() -> None:
     n_untied = sum(p.numel() for p in untied.parameters())
     assert 1.53e9 < n_tied < 1.55e9  # Qwen2.5-1.5B: 1.54B
     assert n_untied - n_tied == 151936 * 1536  # the untied LM head: 0.23B (DESIGN.md §1.4)
+
+
+@pytest.mark.gpu
+def test_bf16_cuda_cached_block_is_finite_and_close_to_full_pass() -> None:
+    llm = _llm().cuda().to(torch.bfloat16)
+    pad = torch.tensor([[True] * 10, [False] * 3 + [True] * 7], device="cuda")
+    block_ids = torch.tensor([[0] * 6 + [1] * 4] * 2, device="cuda")
+    pos = positions_from_padding(pad)
+    x = torch.randn(2, 10, 128, device="cuda", dtype=torch.bfloat16)
+    full = llm(x, block_causal_mask(block_ids, pad), pos).hidden_BLD
+    cache = llm(x[:, :6], block_causal_mask(block_ids[:, :6], pad[:, :6]), pos[:, :6], use_cache=True).past_key_values
+    step = llm(x[:, 6:], block_causal_mask(block_ids, pad, query_offset=6), pos[:, 6:], past_key_values=cache)
+    assert torch.isfinite(full).all() and torch.isfinite(step.hidden_BLD).all()
+    torch.testing.assert_close(step.hidden_BLD.float(), full[:, 6:].float(), atol=5e-2, rtol=5e-2)
