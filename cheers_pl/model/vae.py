@@ -196,8 +196,11 @@ class VAE(nn.Module):
         return self.decode_raw(self.to_raw(z_BPhw))
 
     @torch.no_grad()
-    def refresh_statistics(self, data: torch.Tensor | Iterable[torch.Tensor], source: str = "images") -> None:
-        """Recompute the normaliser's running mean/var exactly (population statistics) from data.
+    def latent_moments(self, data: torch.Tensor | Iterable[torch.Tensor], source: str = "images") -> torch.Tensor:
+        """Per-channel float64 moments of the patchified latent: rows (count, Σx, Σx²), shape 3,P.
+
+        Moments add across batches and processes (one `all_reduce` of this tensor under DDP) before
+        `set_statistics`.
 
         Args:
             data: One tensor or an iterable of batches.
@@ -206,22 +209,33 @@ class VAE(nn.Module):
         if source not in ("images", "latents"):
             raise ValueError(f"source must be 'images' or 'latents', got {source!r}")
         batches = [data] if isinstance(data, torch.Tensor) else data
-        count, total, total_sq = 0, None, None
+        moments = None
         for batch in batches:
             raw = self.encode_raw(batch) if source == "images" else batch
             x = self.patchify(raw).double()
-            s, sq = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
-            total = s if total is None else total + s
-            total_sq = sq if total_sq is None else total_sq + sq
-            count += x.shape[0] * x.shape[2] * x.shape[3]
-        if count == 0:
-            raise ValueError("refresh_statistics got no data")
+            count = torch.full_like(x[0, :, 0, 0], x.shape[0] * x.shape[2] * x.shape[3])
+            m = torch.stack([count, x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))])
+            moments = m if moments is None else moments + m
+        if moments is None:
+            raise ValueError("latent_moments got no data")
+        return moments
+
+    @torch.no_grad()
+    def set_statistics(self, moments_3P: torch.Tensor) -> None:
+        """Store the population mean/var given by `latent_moments` in the normaliser."""
+        if moments_3P.shape != (3, self.latent_dim) or not (moments_3P[0] > 0).all():
+            raise ValueError(f"moments must be 3,{self.latent_dim} with positive counts, got {tuple(moments_3P.shape)}")
+        count, total, total_sq = moments_3P.double()
         mean = total / count
         var = (total_sq / count - mean.square()).clamp_min(0.0)
         bn = self.autoencoder.bn
         bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
         bn.running_var.copy_(var.to(bn.running_var.dtype))
         bn.num_batches_tracked.fill_(1)
+
+    def refresh_statistics(self, data: torch.Tensor | Iterable[torch.Tensor], source: str = "images") -> None:
+        """Recompute the normaliser's running mean/var exactly (population statistics) from data (one process)."""
+        self.set_statistics(self.latent_moments(data, source))
 
     def make_pixel_decoder(self) -> PixelDecoder:
         """A trainable deep copy of the decoder path (post-quant conv + decoder): raw latent → pixels."""

@@ -123,6 +123,13 @@ class VisionTokenizer(nn.Module):
         self.vae.eval()
         return self
 
+    @torch.no_grad()
+    def reset_pixel_decoder(self) -> None:
+        """Re-initialise D from the current VAE decoder (e.g. after the VAE itself was trained or reloaded)."""
+        if self.pixel_decoder is None:
+            raise ValueError("reset_pixel_decoder needs encoder_input='pixels', got 'latents'")
+        self.pixel_decoder.load_state_dict(self.vae.make_pixel_decoder().state_dict())
+
     @property
     def semantic_grid_hw(self) -> tuple[int, int]:
         """Semantic token grid (= latent grid): image side / patch size."""

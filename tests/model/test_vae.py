@@ -73,6 +73,12 @@ def test_refresh_statistics_standardises_its_data() -> None:
     assert torch.allclose(vae.autoencoder.bn.running_mean, mean_batched, atol=1e-6)
     with pytest.raises(ValueError, match="source"):
         vae.refresh_statistics(images, source="pixels")
+    # moments of two shards add up to the moments of the whole (what an all_reduce across processes does)
+    raw = torch.randn(4, 8, 16, 16)
+    parts = vae.latent_moments(raw[:1], source="latents") + vae.latent_moments(raw[1:], source="latents")
+    assert torch.allclose(parts, vae.latent_moments(raw, source="latents"), rtol=1e-12)
+    with pytest.raises(ValueError, match="moments must be 3,32"):
+        vae.set_statistics(torch.ones(3, 8))
 
 
 def test_train_mode_uses_stored_statistics(vae: VAE) -> None:

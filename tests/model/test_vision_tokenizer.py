@@ -96,6 +96,19 @@ def test_pixel_decoder_starts_as_the_vae_decoder_and_detail_is_patch_embed() -> 
     assert torch.allclose(tokens, out.llm_tokens, atol=1e-6) and torch.allclose(detail, out.detail, atol=1e-6)
 
 
+def test_reset_pixel_decoder_copies_the_vae_decoder_again() -> None:
+    tok = VisionTokenizer(VisionTokenizerConfig()).eval()
+    raw = torch.randn(1, 8, 16, 16)
+    with torch.no_grad():
+        for p in tok.pixel_decoder.parameters():
+            p.add_(0.1)
+        assert not torch.allclose(tok.pixel_decoder(raw), tok.vae.decode_raw(raw), atol=1e-3)
+        tok.reset_pixel_decoder()
+        assert torch.equal(tok.pixel_decoder(raw), tok.vae.decode_raw(raw))
+    with pytest.raises(ValueError, match="encoder_input='pixels'"):
+        VisionTokenizer(VisionTokenizerConfig(encoder_input="latents")).reset_pixel_decoder()
+
+
 def test_deterministic_under_seed() -> None:
     outs = []
     for _ in range(2):
