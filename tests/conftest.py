@@ -16,3 +16,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic shard set (train 240 / val 64 / test 64, 40 per shard) with its tokenizer, built once."""
+    from cheers_pl.data.datamodule import DataConfig
+    from cheers_pl.data.shards import write_all
+
+    out = tmp_path_factory.mktemp("shards")
+    cfg = DataConfig(
+        shard_dir=str(out),
+        num_samples={"train": 240, "val": 64, "test": 64},
+        samples_per_shard=40,
+        tokenizer_vocab_size=512,
+    )
+    write_all(cfg, workers=2)
+    return out

@@ -1,1 +1,17 @@
-"""Training stages: LightningModules that orchestrate components and objectives (STYLE.md R4)."""
+"""Training stages: LightningModules that orchestrate components and objectives (STYLE.md R4).
+
+`STAGES` maps `stage.name` to (config dataclass, LightningModule class).
+"""
+
+from typing import Any
+
+STAGES: dict[str, tuple[type, type]] = {}
+STAGE_CONFIGS: dict[str, type] = {name: entry[0] for name, entry in STAGES.items()}
+
+
+def build_stage(cfg: Any) -> Any:
+    """Builds the LightningModule of `cfg.stage.name` from the whole experiment config."""
+    name = cfg.stage.name
+    if name not in STAGES:
+        raise ValueError(f"stage.name={name!r} is not a registered stage; registered: {sorted(STAGES)}")
+    return STAGES[name][1](cfg)

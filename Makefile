@@ -1,0 +1,60 @@
+# cheers_pl — every target installs what it needs into a local virtual environment first.
+# Stage targets take EXP=<experiment> (conf/experiment/<name>.yaml) and ARGS="key=value ...".
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo data-synthetic train-tokenizer train-align train-generation evaluate ablate bench \
+        tensorboard lint clean
+
+help: ## list the targets
+	@echo "usage: make <target> [EXP=<experiment>] [ARGS=\"key=value ...\"]"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the pinned requirements + this package
+
+test: install ## run the test suite (fast and slow; GPU tests skip without a GPU)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check cheers_pl tests && $(VENV)/bin/ruff format --check cheers_pl tests
+
+demo: install ## the main job: shards -> tokenizer -> align -> generation -> evaluate -> report (tiny, CPU)
+	@echo "demo: not implemented yet (needs the stages and the evaluation suite)"; exit 1
+
+data-synthetic: install ## write the synthetic world as train/val/test shards + manifest (EXP=tiny_data)
+	$(PY) -m cheers_pl make-shards experiment=$(or $(EXP),tiny_data) $(ARGS)
+
+train-tokenizer: install ## stage 1: train the unified vision tokenizer (EXP=tiny_tokenizer)
+	@echo "train-tokenizer: not implemented yet"; exit 1
+
+train-align: install ## stage 2: understanding alignment (EXP=tiny_align)
+	@echo "train-align: not implemented yet"; exit 1
+
+train-generation: install ## stage 3: joint cascaded generation (EXP=tiny_generation)
+	@echo "train-generation: not implemented yet"; exit 1
+
+evaluate: install ## GenEval-style, VQA and reconstruction evaluation of a checkpoint (ARGS="ckpt=...")
+	@echo "evaluate: not implemented yet"; exit 1
+
+ablate: install ## the paper's ablations at an equal budget -> Markdown table + plot
+	@echo "ablate: not implemented yet"; exit 1
+
+bench: install ## speed / memory benchmarks -> bench.json + bench.md
+	@echo "bench: not implemented yet"; exit 1
+
+tensorboard: install ## serve the TensorBoard logs under runs/
+	$(VENV)/bin/tensorboard --logdir runs --bind_all
+
+clean: ## remove runs, shards and caches (keeps .venv)
+	rm -rf runs data/shards .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,47 @@
+"""Counts and reports what the data workers did: examples per task, skips per reason, mode conversions.
+
+Workers cannot share counters with the main process, so the counts travel inside each `Batch.events`; this callback
+sums them, logs them as `data/<event>` and prints a summary when training ends.
+"""
+
+import logging
+from collections import Counter
+
+import lightning as L
+
+from cheers_pl.data.batch import Batch
+from cheers_pl.data.processing import TASK_NAMES
+
+log = logging.getLogger(__name__)
+
+
+class DataEventsCallback(L.Callback):
+    """Accumulates `Batch.events` and task counts over training."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def update(self, batch: Batch) -> None:
+        self.counts.update(batch.events)
+        for task, n in zip(*batch.task.unique(return_counts=True), strict=True):
+            self.counts[f"task/{TASK_NAMES[int(task)]}"] += int(n)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if not isinstance(batch, Batch):
+            return
+        self.update(batch)
+        if batch.events or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log_dict({f"data/{k}": float(v) for k, v in self.counts.items()}, on_step=True, reduce_fx="sum")
+
+    def summary(self) -> str:
+        items = sorted(self.counts.items())
+        return ", ".join(f"{k}={v}" for k, v in items) if items else "no batches"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.warning("data summary (rank %d): %s", trainer.global_rank, self.summary())
+
+    def state_dict(self) -> dict:
+        return {"counts": dict(self.counts)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.counts = Counter(state_dict.get("counts", {}))

@@ -1,0 +1,99 @@
+"""The command registry behind `python -m cheers_pl <command> experiment=<name> [key=value ...]` (R12).
+
+A command is a function `run(cfg, args) -> dict` plus an optional dataclass of its own arguments (`ckpt=...`,
+`prompt=...`); any other `key=value` is a config override. Commands register by name in `COMMANDS`; each issue that
+lands adds its own.
+"""
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cheers_pl.config import ExperimentConfig, compose
+
+
+@dataclass
+class Command:
+    """A CLI command: `run(cfg, args)`; `args` is an instance of `args_cls` (or None when it takes none)."""
+
+    run: Callable[[ExperimentConfig | None, Any], dict]
+    help: str
+    args_cls: type | None = None
+    needs_experiment: bool = True
+
+
+def _make_shards(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.data.shards import run
+
+    assert cfg is not None
+    return run(cfg)
+
+
+def _train(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.train import run
+
+    assert cfg is not None
+    return run(cfg)
+
+
+COMMANDS: dict[str, Command] = {
+    "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
+    "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
+}
+
+
+def parse_args(args_cls: type | None, items: list[str]) -> tuple[Any, list[str]]:
+    """Splits `key=value` items into the command's own arguments (validated) and config overrides."""
+    if args_cls is None:
+        return None, items
+    own_keys = {f.name for f in dataclasses.fields(args_cls)}
+    own = [i for i in items if i.partition("=")[0] in own_keys]
+    rest = [i for i in items if i.partition("=")[0] not in own_keys]
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(args_cls), OmegaConf.from_dotlist(own))
+        return OmegaConf.to_object(node), rest
+    except OmegaConfBaseException as err:
+        raise ValueError(f"command argument {getattr(err, 'full_key', '')!r}: {str(err).splitlines()[0]}") from err
+
+
+def usage() -> str:
+    lines = ["usage: python -m cheers_pl <command> experiment=<name> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<14} {cmd.help}" for name, cmd in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, items = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    try:
+        experiment = [i.partition("=")[2] for i in items if i.startswith("experiment=")]
+        items = [i for i in items if not i.startswith("experiment=")]
+        args, overrides = parse_args(command.args_cls, items)
+        cfg = None
+        if experiment:
+            cfg = compose(experiment[-1], overrides)
+        elif command.needs_experiment:
+            raise ValueError(f"command {name!r} needs experiment=<name>")
+        elif overrides and not hasattr(args, "overrides"):
+            raise ValueError(f"unknown arguments {overrides} for command {name!r} without experiment=<name>")
+        elif overrides:  # commands that load a saved config take overrides to it
+            args = dataclasses.replace(args, overrides=overrides)
+        result = command.run(cfg, args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0

@@ -1,0 +1,222 @@
+"""Typed experiment configs: `conf/` YAML composed and validated against dataclasses (STYLE.md R6, R7).
+
+An experiment (`conf/experiment/<name>.yaml`) names one option per group in `defaults:` (model, data, stage,
+callbacks, trainer) and overrides values below it; `key=value` overrides come last, and `group=option` on the
+command line swaps a whole group. The schema of `stage` is picked by its `name` from the stage registry, and each
+entry of `callbacks` by its key from the callback registry. Unknown keys, missing required values and wrong types
+raise a `ValueError` that names the key and the file it came from.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cheers_pl.data.datamodule import DataConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "data", "stage", "callbacks", "trainer")
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of `lightning.Trainer` (the common ones typed; any other under `extra`)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto", "ddp", "fsdp", ... (see conf/trainer/)
+    precision: str = "32-true"
+    max_steps: int = 100
+    val_check_interval: Any = None  # int steps or float fraction; None = Lightning's default
+    check_val_every_n_epoch: Any = None  # None with resampled (infinite) training streams
+    limit_val_batches: Any = 2
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    enable_progress_bar: bool = True
+    deterministic: Any = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The kwargs for `lightning.Trainer`."""
+        out = {k: v for k, v in vars(self).items() if k != "extra"}
+        return {**out, **self.extra}
+
+
+@dataclass
+class ExperimentConfig:
+    """One run: what to build, what data, which stage, which callbacks, and how the Trainer runs."""
+
+    name: str = "???"
+    seed: int = 0
+    output_root: str = "runs"  # the run directory is <output_root>/<name>
+    resume_from: str | None = None  # a checkpoint of this same run to resume exactly (optimizer, step, data)
+    model: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / self.name
+
+
+def _model_schema() -> type | None:
+    try:
+        from cheers_pl.model.cheers import CheersConfig
+    except ImportError:  # the model package is built up issue by issue
+        return None
+    return CheersConfig
+
+
+def _stage_schemas() -> dict[str, type]:
+    try:
+        from cheers_pl.stage import STAGE_CONFIGS
+    except ImportError:
+        return {}
+    return STAGE_CONFIGS
+
+
+def _callback_schemas() -> dict[str, type]:
+    try:
+        from cheers_pl.callbacks import CALLBACK_CONFIGS
+    except ImportError:
+        return {}
+    return CALLBACK_CONFIGS
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # yaml raises several parser/scanner error types
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return node
+
+
+def _options(group: str, conf_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _group_node(group: str, option: str, conf_dir: Path) -> DictConfig:
+    path = conf_dir / group / f"{option}.yaml"
+    if not path.exists():
+        raise ValueError(f"config group {group}={option!r}: no file {path}; options: {_options(group, conf_dir)}")
+    return _load_yaml(path)
+
+
+def _schema_for(node: DictConfig) -> DictConfig:
+    """The structured schema for a whole config node, with stage and callbacks picked by name."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    model_cls = _model_schema()
+    if model_cls is not None:
+        schema.model = OmegaConf.structured(model_cls)
+    stage = node.get("stage")
+    if stage is not None:
+        registry = _stage_schemas()
+        name = stage.get("name")
+        if name not in registry:
+            raise ValueError(f"stage.name={name!r} is not a registered stage; registered: {sorted(registry)}")
+        schema.stage = OmegaConf.structured(registry[name])
+    registry = _callback_schemas()
+    for key in node.get("callbacks") or {}:
+        if key not in registry:
+            raise ValueError(f"callbacks.{key}: not a registered callback; registered: {sorted(registry)}")
+        schema.callbacks[key] = OmegaConf.structured(registry[key])
+    return schema
+
+
+def _merge(base: DictConfig, node: DictConfig | dict, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, node)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{source}: {_describe(err)}") from err
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    return f"bad key {key!r}: {msg}" if key else msg
+
+
+def from_node(node: DictConfig, source: str = "config") -> ExperimentConfig:
+    """Validates a composed config node against the dataclasses (unknown keys, types, missing values).
+
+    A layer that sets a value to `???` declares it required: it must be given by a later layer or override.
+    """
+    missing = sorted(OmegaConf.missing_keys(node))
+    if missing:
+        raise ValueError(f"{source}: missing required values {missing}; set them with key=value")
+    merged = _merge(_schema_for(node), node, source)
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{source}: {_describe(err)}") from err
+    assert isinstance(cfg, ExperimentConfig)
+    return cfg
+
+
+def compose(experiment: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> ExperimentConfig:
+    """Composes `conf/experiment/<experiment>.yaml` with its group defaults and `key=value` overrides.
+
+    Raises:
+        ValueError: naming the offending key, file or option.
+    """
+    exp_path = conf_dir / "experiment" / f"{experiment}.yaml"
+    if not exp_path.exists():
+        raise ValueError(f"experiment={experiment!r}: no file {exp_path}; options: {_options('experiment', conf_dir)}")
+    body = _load_yaml(exp_path)
+    defaults = dict(body.pop("defaults", None) or {})
+    unknown = set(defaults) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"{exp_path}: defaults has unknown groups {sorted(unknown)}; groups: {GROUPS}")
+    dotlist = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        if key in GROUPS:
+            defaults[key] = value
+        else:
+            dotlist.append(item)
+    node = OmegaConf.create({"name": experiment})
+    for group, option in defaults.items():
+        node = OmegaConf.merge(node, {group: _group_node(group, option, conf_dir)})
+    node = OmegaConf.merge(node, body)
+    try:
+        node = OmegaConf.merge(node, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"command-line overrides: {_describe(err)}") from err
+    # validate each layer against the schema so errors name the file the bad key came from
+    schema = _schema_for(node)
+    for group, option in defaults.items():
+        _merge(schema, {group: _group_node(group, option, conf_dir)}, str(conf_dir / group / f"{option}.yaml"))
+    _merge(schema, body, str(exp_path))
+    _merge(schema, OmegaConf.from_dotlist(dotlist), "command-line overrides")
+    return from_node(node, str(exp_path))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (saved with every run and checkpoint, R13)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: ExperimentConfig, directory: str | Path) -> Path:
+    """Writes `<directory>/config.yaml` and returns its path."""
+    path = Path(directory) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(cfg))
+    return path
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Reloads and re-validates a saved `config.yaml` (plus `key=value` overrides)."""
+    node = OmegaConf.merge(_load_yaml(Path(path)), OmegaConf.from_dotlist(list(overrides)))
+    return from_node(node, str(path))

@@ -1,0 +1,77 @@
+"""The typed training batch and its collation (left padding).
+
+Legend: B batch, L sequence length, H/W image size.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from cheers_pl.data.processing import IGNORE_INDEX, Sequence
+
+
+@dataclass
+class Example:
+    """One processed sample before collation."""
+
+    key: str
+    task: int
+    image: torch.Tensor  # 3×H×W in [-1, 1]; zeros for text-only examples
+    sequence: Sequence
+    meta: dict = field(default_factory=dict)  # question / answer / category / caption for evaluation callbacks
+    events: dict[str, int] = field(default_factory=dict)  # "skip/<reason>", "convert/<mode>" since the last example
+
+
+@dataclass
+class Batch:
+    """A collated batch; Lightning moves every tensor field to the device (`apply_to_collection` on dataclasses).
+
+    Sequences are LEFT-padded so that batched decoding appends new tokens in the same column for every row.
+    """
+
+    images: torch.Tensor  # B×3×H×W float in [-1, 1]
+    task: torch.Tensor  # B long: 0 understanding, 1 generation, 2 text-only
+    input_ids: torch.Tensor  # B×L long
+    labels: torch.Tensor  # B×L long, IGNORE_INDEX where not a target (aligned with input_ids; the loss shifts)
+    pad_mask: torch.Tensor  # B×L bool, True for real tokens
+    block_ids: torch.Tensor  # B×L long, 0 for text, 1 inside the sample's image block
+    prompt_mask: torch.Tensor  # B×L bool, user-prompt text tokens (replaced by `<no_mean>` for guidance dropout)
+    keys: list[str]
+    meta: list[dict]
+    events: dict[str, int]  # data events in the workers since the previous batch: "skip/<reason>", "convert/<mode>"
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    """Stacks images and left-pads the sequences to the longest one."""
+    length = max(len(e.sequence) for e in examples)
+    size = len(examples)
+    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
+    labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
+    pad_mask = torch.zeros(size, length, dtype=torch.bool)
+    block_ids = torch.zeros(size, length, dtype=torch.long)
+    prompt_mask = torch.zeros(size, length, dtype=torch.bool)
+    events: Counter[str] = Counter()
+    for row, e in enumerate(examples):
+        seq, start = e.sequence, length - len(e.sequence)
+        input_ids[row, start:] = torch.tensor(seq.input_ids)
+        labels[row, start:] = torch.tensor(seq.labels)
+        pad_mask[row, start:] = True
+        block_ids[row, start:] = torch.tensor(seq.block_ids)
+        prompt_mask[row, start:] = torch.tensor(seq.prompt_mask)
+        events.update(e.events)
+    return Batch(
+        images=torch.stack([e.image for e in examples]),
+        task=torch.tensor([e.task for e in examples], dtype=torch.long),
+        input_ids=input_ids,
+        labels=labels,
+        pad_mask=pad_mask,
+        block_ids=block_ids,
+        prompt_mask=prompt_mask,
+        keys=[e.key for e in examples],
+        meta=[e.meta for e in examples],
+        events=dict(events),
+    )

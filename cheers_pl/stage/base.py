@@ -1,0 +1,122 @@
+"""What every stage shares: config, `init_from`, declared trainable parameters, optimiser, saved config (R4, R5, R13).
+
+A stage composes `self.model` (parameter names `model.<component>.*`, identical across stages so checkpoints carry
+over) with objectives, sums and logs losses, and declares what trains by glob patterns over parameter names.
+"""
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import nn
+
+from cheers_pl.config import ExperimentConfig, to_yaml
+from cheers_pl.optim import OptimConfig, build_optimizer
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "cheers_config"
+
+
+@dataclass
+class StageConfig:
+    """Fields every stage has; each stage's config subclasses it."""
+
+    name: str = "???"  # picks the stage (and this schema) from the registry in cheers_pl/stage/__init__.py
+    trainable: list[str] = field(default_factory=list)  # globs over parameter names, e.g. "model.llm.*"
+    init_from: str | None = None  # a previous stage's checkpoint: only its `model.*` weights are loaded
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
+    """The parameter names matched by any glob.
+
+    Raises:
+        ValueError: when a pattern matches no parameter (a typo must not silently freeze everything).
+    """
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise ValueError(f"stage.trainable pattern {pattern!r} matches no parameter; e.g. {names[:5]}")
+        chosen.update(hits)
+    return chosen
+
+
+def load_model_weights(module: nn.Module, path: str) -> dict[str, list[str]]:
+    """Loads the `model.*` weights of a checkpoint into `module` (strict on shapes, lenient on missing keys).
+
+    Returns:
+        The `loaded`, `missing` (in module, not in checkpoint) and `unexpected` (in checkpoint only) keys.
+
+    Raises:
+        ValueError: unreadable checkpoint, no `model.*` key in common, or a shape mismatch (naming the key).
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"stage.init_from={path!r}: cannot read checkpoint ({err})") from err
+    state = {k: v for k, v in ckpt.get("state_dict", ckpt).items() if k.startswith("model.")}
+    own = module.state_dict()
+    common = [k for k in state if k in own]
+    if not common:
+        raise ValueError(f"stage.init_from={path!r}: no `model.*` weight matches this stage's model")
+    for k in common:
+        if state[k].shape != own[k].shape:
+            raise ValueError(f"stage.init_from: {k} has shape {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
+    module.load_state_dict({k: state[k] for k in common}, strict=False)
+    own_model = [k for k in own if k.startswith("model.")]
+    return {
+        "loaded": common,
+        "missing": [k for k in own_model if k not in state],
+        "unexpected": [k for k in state if k not in own],
+    }
+
+
+class StageModule(L.LightningModule):
+    """Base LightningModule: subclasses build `self.model` and implement `training_step`/`validation_step`."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stage_cfg: StageConfig = cfg.stage
+
+    def setup_trainable(self) -> None:
+        """Freezes everything, then unfreezes the declared globs and loads `init_from` (call at the end of
+        the subclass's __init__)."""
+        if self.stage_cfg.init_from:
+            report = load_model_weights(self, self.stage_cfg.init_from)
+            log.info(
+                "init_from %s: %d tensors loaded, %d missing (new here), %d unused",
+                self.stage_cfg.init_from,
+                len(report["loaded"]),
+                len(report["missing"]),
+                len(report["unexpected"]),
+            )
+        names = [n for n, _ in self.named_parameters()]
+        chosen = match_trainable(names, self.stage_cfg.trainable)
+        for n, p in self.named_parameters():
+            p.requires_grad_(n in chosen)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> "StageModule":
+        """Frozen sub-modules (no trainable parameter inside) stay in eval mode: no dropout, no statistics update."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                params = list(module.parameters())
+                if module is not self and params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+    def configure_optimizers(self) -> dict:
+        total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else 1
+        optimizer, scheduler = build_optimizer(self.trainable_parameters(), self.stage_cfg.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = to_yaml(self.cfg)
