@@ -6,7 +6,8 @@ renderer instead (DESIGN.md §5):
    variants, digit ink), or "unknown" when farther than `max_color_dist` from all of them;
 2. non-background pixels form 4-connected components; components under `min_area` pixels are noise;
 3. per component: colour = majority palette colour over base and variant pixels; shape = the shape template
-   (rendered in the component's bounding box) with the highest IoU against the hole-filled mask; size = the
+   (rendered in the component's bounding box, searched over small shifts and radii when nothing fits, as
+   under blur) with the highest IoU against the hole-filled mask; size = the
    configured size whose radius is nearest the bounding box half-extent; centre = bounding-box centre;
    digit = ink bounding box sampled on the 3x5 font grid and matched to the glyphs by Hamming distance;
    texture = the texture pattern (best over all phases of its period) that best agrees with where the
@@ -19,6 +20,7 @@ References:
 Shape legend: H, W image height/width; h, w component bounding-box height/width.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,9 @@ from cheers_pl.data.synthetic_scene import (
 ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size", "texture", "digit", "region")
 MAX_DIGIT_HAMMING = 2  # of 15 glyph cells
 MIN_INK_PIXELS = 6
+SEARCH_BELOW_IOU = 0.98  # shape templates are searched over shifts / radii only below this IoU
+_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+_GROWTHS = (-0.5, 0.0, 0.5, 1.0, 1.5)
 _GLYPHS = np.stack([glyph_array(d) for d in range(10)])  # (10, 5, 3)
 
 
@@ -108,6 +113,32 @@ def _texture(variant_hw: np.ndarray, valid_hw: np.ndarray, dx: np.ndarray, dy: n
     return best_tex
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _shape_ious(filled_hw: np.ndarray, shapes: tuple[str, ...]) -> list[float]:
+    """IoU of the mask with each shape template filling its bounding box.
+
+    When no template fits well (blur rounds corners and loses the triangle's apex, shrinking the box), each
+    template also gets a small search over centre shifts and enlarged radii; crisp renders skip the search.
+    """
+    h, w = filled_hw.shape
+    rx, ry = (w - 1) / 2, (h - 1) / 2
+    dy, dx = np.mgrid[0:h, 0:w]
+    ious = [_iou(filled_hw, shape_mask(s, dx - rx, dy - ry, rx, ry)) for s in shapes]
+    if max(ious) >= SEARCH_BELOW_IOU:
+        return ious
+    pad = 2
+    padded = np.pad(filled_hw, pad)
+    dy_p, dx_p = np.mgrid[-pad : h + pad, -pad : w + pad]
+    moves = list(itertools.product(_SHIFTS, _SHIFTS, _GROWTHS))
+    return [
+        max(_iou(padded, shape_mask(s, dx_p - rx - ox, dy_p - ry - oy, rx + d, ry + d)) for ox, oy, d in moves)
+        for s in shapes
+    ]
+
+
 def _dominant_color(labels_hw: np.ndarray, image_hw3: np.ndarray, mask_hw: np.ndarray, cfg: SyntheticConfig) -> int:
     """Index into cfg.colors of the majority base/variant colour over `mask` (mean colour if none)."""
     num_colors = len(cfg.colors)
@@ -148,10 +179,7 @@ def _parse_component(
     filled = ndimage.binary_fill_holes(mask_hw)
     dy, dx = np.mgrid[0:h, 0:w]
     dyc, dxc = dy - ry, dx - rx
-    ious = [
-        float((filled & (tmpl := shape_mask(s, dxc, dyc, rx, ry))).sum() / max((filled | tmpl).sum(), 1))
-        for s in cfg.shapes
-    ]
+    ious = _shape_ious(filled, cfg.shapes)
     shape_idx = int(np.argmax(ious))
     labs = np.where(mask_hw, labels_hw, -1)
 

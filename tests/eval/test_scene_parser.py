@@ -39,7 +39,8 @@ def test_parser_under_noise_and_blur() -> None:
     noisy, blurred = _agreement(100, noise), _agreement(100, blur)
     print(f"\ngaussian noise sigma=8 (100 scenes): {noisy}\n3x3 box blur (100 scenes): {blurred}")
     assert noisy["all"] >= 0.95  # mild noise stays far below the half-distance between reference colours
-    assert blurred["color"] >= 0.9 and blurred["count"] >= 0.9  # blur is only measured beyond these
+    # blur is only measured for texture and digit (2-pixel patterns wash out); geometry must survive it
+    assert blurred["color"] >= 0.9 and blurred["count"] >= 0.9 and blurred["shape"] >= 0.9
 
 
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle", "diamond", "cross"])
