@@ -1,0 +1,118 @@
+"""Shared plumbing of the generation callbacks: the every-n-validations schedule, collecting validation prompts,
+chunked seeded generation through the stage's public API, and writing images to TensorBoard / PNG.
+
+The stage is duck-typed (STYLE.md R10): callbacks only call `generate_images`, `semantic_features` and
+`contrastive_embed`, and read the public `GenerationOutput` fields `images`, `gates` and `grid_hw`.
+
+Legend: B batch, H/W image size, S sampling steps, M semantic-grid tokens.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+GENERATION_TASK = 1  # `Batch.task` value of text-to-image examples (cheers_pl.data.batch)
+
+
+def check_positive(name: str, value: int) -> None:
+    """Raises a ValueError naming the config field when `value` is not a positive integer."""
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class PeriodicValidationCallback(pl.Callback):
+    """Base class: active on the 1st, (1+n)-th, (1+2n)-th ... validation run, never during the sanity check.
+
+    The count of validation runs is saved in the callback state so that a resumed run keeps its schedule.
+    """
+
+    def __init__(self, every_n_val: int) -> None:
+        check_positive("every_n_val", every_n_val)
+        self.every_n_val = every_n_val
+        self.num_val_runs = 0
+        self.active = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.active = not trainer.sanity_checking and self.num_val_runs % self.every_n_val == 0
+        if not trainer.sanity_checking:
+            self.num_val_runs += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_val_runs": self.num_val_runs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_val_runs = int(state_dict.get("num_val_runs", 0))
+
+
+def per_rank_quota(trainer: pl.Trainer, num_total: int) -> int:
+    """How many examples this rank contributes so that all ranks together reach `num_total`."""
+    return -(-num_total // max(trainer.world_size, 1))
+
+
+def generation_examples(batch: Any) -> tuple[torch.Tensor, list[str]]:
+    """The real images (k×3×H×W in [-1, 1]) and captions of a batch's generation-task examples."""
+    rows = [i for i, task in enumerate(batch.task.tolist()) if task == GENERATION_TASK and "caption" in batch.meta[i]]
+    captions = [str(batch.meta[i]["caption"]) for i in rows]
+    return batch.images[rows], captions
+
+
+def generate(
+    pl_module: Any,
+    prompts: list[str],
+    seed: int,
+    batch_size: int,
+    record_gates: bool = False,
+    **sampling: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int] | None]:
+    """Generates `prompts` in chunks of `batch_size` with the stage's `generate_images`.
+
+    Chunk i uses seed `seed + i`: the same prompts, seed and `batch_size` give the same images, so the protocol
+    (seed, batch size, sampling settings) of a reported number is fully given by the callback config.
+
+    Returns:
+        images B×3×H×W in [-1, 1]; gates S×B×M (or None unless `record_gates`); the semantic grid (h, w) or None.
+    """
+    images, gates, grid_hw = [], [], None
+    for i, start in enumerate(range(0, len(prompts), batch_size)):
+        out = pl_module.generate_images(
+            prompts[start : start + batch_size], seed=seed + i, record_gates=record_gates, **sampling
+        )
+        images.append(out.images)
+        grid_hw = getattr(out, "grid_hw", grid_hw)
+        if record_gates and out.gates is not None:
+            gates.append(out.gates)
+    gates_SBM = torch.cat(gates, dim=1) if gates and len(gates) == len(images) else None
+    return torch.cat(images), gates_SBM, grid_hw
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Maps images from [-1, 1] to [0, 1] (clamped)."""
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Maps images from [-1, 1] to uint8 [0, 255] with rounding."""
+    return (to_unit(images) * 255).round().to(torch.uint8)
+
+
+def output_dir(trainer: pl.Trainer, name: str) -> Path:
+    """`<trainer.log_dir or default_root_dir>/<name>`, created. Call on every rank (`log_dir` broadcasts)."""
+    root = trainer.log_dir or trainer.default_root_dir
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_image(trainer: pl.Trainer, tag: str, image: torch.Tensor | np.ndarray) -> int:
+    """Adds `image` (3×H×W float in [0, 1], or H×W×3/4 uint8) to every TensorBoard logger; returns how many."""
+    count = 0
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            fmt = "CHW" if isinstance(image, torch.Tensor) else "HWC"
+            logger.experiment.add_image(tag, image, global_step=trainer.global_step, dataformats=fmt)
+            count += 1
+    return count

@@ -1,0 +1,176 @@
+"""Fréchet distance between generated and real validation images (FID) as a validation callback.
+
+Real images and their captions come from the generation-task examples of the validation batches; the stage
+generates one image per caption with a fixed seed, and torchmetrics' `FrechetInceptionDistance` compares the two
+feature distributions. Two feature networks:
+- `semantic`: pooled features of the model's own semantic encoder (`pl_module.semantic_features`); always
+  available (tiny preset, no downloads), but not comparable across runs whose encoders differ.
+- `inception`: torch-fidelity's InceptionV3 (2048-d pool features, the standard FID) from a LOCAL weights file.
+
+Under DDP every rank contributes ceil(num_images / world_size) examples; torchmetrics sums the feature statistics
+across ranks in `compute`, so every rank logs the same value.
+
+References:
+    Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", 2017.
+    Cheers (arXiv 2603.12793) — DESIGN.md §5 (distribution metrics as callbacks).
+
+Legend: B batch, H/W image size, D feature width.
+"""
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from cheers_pl.callbacks.common import (
+    PeriodicValidationCallback,
+    check_positive,
+    generate,
+    generation_examples,
+    per_rank_quota,
+    to_unit,
+)
+
+FEATURES = ("semantic", "inception")
+
+
+@dataclass
+class FIDConfig:
+    """FID callback settings; defaults are the tiny preset."""
+
+    every_n_val: int = 1  # compute on the 1st and then every n-th validation run
+    num_images: int = 64  # real/generated pairs over all ranks (full size: 5000–30000)
+    feature: str = "semantic"  # "semantic" (the model's encoder) | "inception" (torch-fidelity InceptionV3)
+    inception_weights: str | None = None  # local torch-fidelity InceptionV3 .pth; required for feature=inception
+    seed: int = 0  # generation seed of the first chunk (chunk i uses seed + i)
+    num_steps: int | None = None  # sampling steps; None = the stage's setting (paper: 80)
+    guidance_scale: float | None = None  # CFG scale; None = the stage's setting (paper: 9.5)
+    batch_size: int = 16  # prompts per `generate_images` call
+
+    def __post_init__(self) -> None:
+        check_positive("callbacks.fid.every_n_val", self.every_n_val)
+        check_positive("callbacks.fid.batch_size", self.batch_size)
+        if not isinstance(self.num_images, int) or self.num_images < 2:
+            raise ValueError(f"callbacks.fid.num_images must be an integer >= 2, got {self.num_images!r}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"callbacks.fid.feature must be one of {FEATURES}, got {self.feature!r}")
+
+
+class SemanticFeatures(nn.Module):
+    """Adapts a feature function (images B×3×H×W in [-1, 1] → B×D) to torchmetrics' custom-feature interface.
+
+    The function is stored as a plain attribute, so the stage is not registered as a sub-module of the metric
+    (the metric never moves, saves or counts the model's parameters).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_features: int) -> None:
+        super().__init__()
+        self.fn = fn
+        self.num_features = num_features
+
+    def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        """Returns B×D features."""
+        return self.fn(images_B3HW).flatten(1)
+
+
+def check_inception_weights(path: str | None) -> Path:
+    """Returns the weights path, or raises a ValueError naming it and the config key when it is unset or missing."""
+    if path is None or not Path(path).is_file():
+        raise ValueError(
+            f"callbacks.fid.inception_weights: InceptionV3 weights file {path!r} not found. FID with "
+            "feature='inception' needs a local torch-fidelity weights file (weights-inception-2015-12-05-6726825d.pth; "
+            "nothing is downloaded); set callbacks.fid.inception_weights or use feature='semantic'."
+        )
+    return Path(path)
+
+
+class FIDCallback(PeriodicValidationCallback):
+    """Logs `val/fid_<feature>` at the end of an active validation run (see the module docstring)."""
+
+    def __init__(self, cfg: FIDConfig) -> None:
+        super().__init__(cfg.every_n_val)
+        self.cfg = cfg
+        self.metric: FrechetInceptionDistance | None = None
+        if cfg.feature == "inception":
+            weights = check_inception_weights(cfg.inception_weights)
+            self.metric = FrechetInceptionDistance(
+                feature=2048, normalize=True, feature_extractor_weights_path=str(weights)
+            )
+        self.captions: list[str] = []
+        self.num_real = 0
+
+    @property
+    def metric_name(self) -> str:
+        return f"val/fid_{self.cfg.feature}"
+
+    def _metric_input(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        # Inception takes [0, 1] floats (torchmetrics quantises to uint8); the semantic encoder takes [-1, 1].
+        return to_unit(images_B3HW) if self.cfg.feature == "inception" else images_B3HW
+
+    def _ensure_metric(self, pl_module: Any, images_B3HW: torch.Tensor) -> FrechetInceptionDistance:
+        if self.metric is None:
+            num_features = pl_module.semantic_features(images_B3HW[:1]).flatten(1).shape[-1]
+            self.metric = FrechetInceptionDistance(feature=SemanticFeatures(pl_module.semantic_features, num_features))
+        return self.metric.to(images_B3HW.device)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self.captions, self.num_real = [], 0
+        if self.metric is not None:
+            self.metric.reset()
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.active:
+            return
+        # Built on every rank from the first batch (whatever its tasks) so that all ranks hold states to sync.
+        metric = self._ensure_metric(pl_module, batch.images)
+        remaining = per_rank_quota(trainer, self.cfg.num_images) - len(self.captions)
+        if remaining <= 0:
+            return
+        images, captions = generation_examples(batch)
+        images, captions = images[:remaining], captions[:remaining]
+        if captions:
+            metric.update(self._metric_input(images), real=True)
+            self.captions += captions
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.active:
+            return
+        self.active = False
+        # Every rank takes the same branch: the decision uses the total over ranks.
+        total = int(trainer.strategy.reduce(torch.tensor(float(len(self.captions))), reduce_op="sum").item())
+        if total < 2 or self.metric is None:
+            warnings.warn(
+                f"{self.metric_name}: skipped, only {total} generation-task examples in the validation data (need 2)",
+                stacklevel=2,
+            )
+            return
+        metric = self.metric.to(pl_module.device)
+        if self.captions:
+            images, _, _ = generate(
+                pl_module,
+                self.captions,
+                seed=self.cfg.seed + 100_003 * trainer.global_rank,
+                batch_size=self.cfg.batch_size,
+                num_steps=self.cfg.num_steps,
+                guidance_scale=self.cfg.guidance_scale,
+            )
+            metric.update(self._metric_input(images.to(pl_module.device)), real=False)
+        value = metric.compute()
+        pl_module.log(self.metric_name, value.float(), sync_dist=False)
+        metric.reset()
+        self.captions = []
