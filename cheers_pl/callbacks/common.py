@@ -53,11 +53,26 @@ def per_rank_quota(trainer: pl.Trainer, num_total: int) -> int:
     return -(-num_total // max(trainer.world_size, 1))
 
 
+def global_count(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int) -> int:
+    """Sum of `count` over ranks (a collective: call on every rank), so that all ranks take the same branch."""
+    total = trainer.strategy.reduce(torch.tensor(float(count), device=pl_module.device), reduce_op="sum")
+    return int(total.item())
+
+
+def generation_rows(batch: Any) -> list[int]:
+    """Row indices of a batch's generation-task examples that carry a caption (their prompt)."""
+    return [i for i, task in enumerate(batch.task.tolist()) if task == GENERATION_TASK and "caption" in batch.meta[i]]
+
+
 def generation_examples(batch: Any) -> tuple[torch.Tensor, list[str]]:
     """The real images (k×3×H×W in [-1, 1]) and captions of a batch's generation-task examples."""
-    rows = [i for i, task in enumerate(batch.task.tolist()) if task == GENERATION_TASK and "caption" in batch.meta[i]]
-    captions = [str(batch.meta[i]["caption"]) for i in rows]
-    return batch.images[rows], captions
+    rows = generation_rows(batch)
+    return batch.images[rows], [str(batch.meta[i]["caption"]) for i in rows]
+
+
+def rank_seed(trainer: pl.Trainer, seed: int) -> int:
+    """The base generation seed of this rank: ranks draw disjoint seed ranges for their prompt shares."""
+    return seed + 100_003 * trainer.global_rank
 
 
 def generate(

@@ -33,7 +33,9 @@ from cheers_pl.callbacks.common import (
     check_positive,
     generate,
     generation_examples,
+    global_count,
     per_rank_quota,
+    rank_seed,
     to_unit,
 )
 
@@ -152,7 +154,7 @@ class FIDCallback(PeriodicValidationCallback):
             return
         self.active = False
         # Every rank takes the same branch: the decision uses the total over ranks.
-        total = int(trainer.strategy.reduce(torch.tensor(float(len(self.captions))), reduce_op="sum").item())
+        total = global_count(trainer, pl_module, len(self.captions))
         if total < 2 or self.metric is None:
             warnings.warn(
                 f"{self.metric_name}: skipped, only {total} generation-task examples in the validation data (need 2)",
@@ -164,7 +166,7 @@ class FIDCallback(PeriodicValidationCallback):
             images, _, _ = generate(
                 pl_module,
                 self.captions,
-                seed=self.cfg.seed + 100_003 * trainer.global_rank,
+                seed=rank_seed(trainer, self.cfg.seed),
                 batch_size=self.cfg.batch_size,
                 num_steps=self.cfg.num_steps,
                 guidance_scale=self.cfg.guidance_scale,

@@ -30,12 +30,23 @@ class FakeStage(pl.LightningModule):
         self.calls: list[dict] = []
         self.grid_hw = (2, 3)
         self.num_steps = 4
+        self.has_text_tower = True
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         return None
 
     def semantic_features(self, images: torch.Tensor) -> torch.Tensor:
         return images.flatten(1).float() @ self.proj
+
+    def contrastive_embed(
+        self, images: torch.Tensor | None, texts: list[str] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Image tower = the features; text tower = the features of the prompt's real image."""
+        if texts is not None and not self.has_text_tower:
+            raise ValueError("this model has no text tower")
+        img = None if images is None else self.semantic_features(images)
+        txt = None if texts is None else self.semantic_features(torch.stack([self.lookup[t] for t in texts]))
+        return img, txt
 
     def generate_images(
         self,
