@@ -6,6 +6,7 @@ are finite and partitioned exactly across ranks and DataLoader workers. Bad samp
 """
 
 import functools
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cheers_pl.data.text_tokenizer import load_tokenizer
 from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,6 +109,10 @@ class ExampleStream(IterableDataset):
                 continue
             example.events = self.counter.drain()
             yield example
+        trailing = self.counter.drain()  # nothing follows to carry them: log them with the worker's totals
+        if trailing:
+            log.warning("data: rank %d worker %d: %s after the last example; totals %s", self.rank, worker, trailing,
+                        dict(self.counter.total))  # fmt: skip
 
 
 class CheersDataModule(L.LightningDataModule):
