@@ -49,7 +49,7 @@ def _mismatch(prompt: GenEvalPrompt, rng: np.random.Generator) -> list[np.ndarra
     if prompt.category == "single_object":  # the object is missing
         scenes.append(scene_from_spec([{"shape": _other(CFG.shapes, a["shape"]), "color": "red"}], CFG, rng))
     elif prompt.category == "two_objects":  # one of the two is missing
-        for keep, drop in ((objs[0], objs[1]), (objs[1], objs[0])):
+        for keep in objs:
             filler = _other(CFG.shapes, objs[0]["shape"], objs[1]["shape"])
             specs = [{"shape": keep["shape"], "color": "red"}, {"shape": filler, "color": "blue"}]
             scenes.append(scene_from_spec(specs, CFG, rng))
@@ -95,7 +95,8 @@ def test_mismatched_scenes_score_zero(category: str) -> None:
 def test_counting_ignores_other_shapes_and_position_needs_the_named_colours() -> None:
     rng = np.random.default_rng(5)
     count = GenEvalPrompt("c", "counting", "two objects: two circles", [{"shape": "circle", "color": None, "count": 2}])
-    specs = [{"shape": "circle", "color": "red"}, {"shape": "circle", "color": "blue"}, {"shape": "square", "color": "red"}]
+    specs = [{"shape": "circle", "color": "red"}, {"shape": "circle", "color": "blue"}]
+    specs.append({"shape": "square", "color": "red"})
     assert score_image(render(scene_from_spec(specs, CFG, rng), CFG), count, CFG)
     pos = make_prompts(CFG, 4, seed=0)[16]
     assert pos.category == "position"
@@ -159,7 +160,7 @@ def test_prompts_file_roundtrip_and_committed_hash(tmp_path) -> None:
     assert digest == "74f7fe8b9aae37802ce320968f1d02b3cf77dfa77018c8a4207443a2e75ee20a"
     changed = [dataclasses.replace(prompts[0], text=prompts[0].text + " ")] + prompts[1:]
     assert prompts_hash(changed) != digest
-    (tmp_path / "bad.jsonl").write_text(committed.read_text().splitlines()[0] + "\n{\"id\": 1}\n")
+    (tmp_path / "bad.jsonl").write_text(committed.read_text().splitlines()[0] + '\n{"id": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         load_prompts(tmp_path / "bad.jsonl")
 
