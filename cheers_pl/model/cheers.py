@@ -26,7 +26,7 @@ from cheers_pl.model.decoding import decode
 from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.generation import GenerationResult, PromptVelocity, generate_images, left_pad
 from cheers_pl.model.llm import LLM, LLMConfig
-from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig
+from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
 
 
 @dataclass
@@ -60,6 +60,22 @@ class CheersConfig:
                 f"flow_head.shuffle_factor={head.shuffle_factor} must equal tokenizer.compression={tok.compression} "
                 "(the head's pixel-shuffle inverts the tokenizer's unshuffle)"
             )
+
+
+def full_cheers_config(
+    llm_pretrained: str | None = None, encoder_pretrained: str | None = None, vae_pretrained: str | None = None
+) -> CheersConfig:
+    """The 1.5B preset: Qwen2.5-1.5B (untied head, as the released checkpoint), SigLIP2 so400m/16-512, FLUX.2 VAE."""
+    llm = LLMConfig(
+        pretrained=llm_pretrained, vocab_size=151936, dim=1536, num_layers=28, num_heads=12, num_kv_heads=2,
+        mlp_dim=8960, max_position=32768, tie_word_embeddings=False,
+    )
+    head = FlowHeadConfig(
+        llm_dim=1536, sem_dim=1152, latent_dim=128, stage1_depth=7, stage1_heads=12, stage1_kv_heads=2,
+        stage2_depth=3, stage2_heads=16, stage2_kv_heads=2,
+    )
+    tokenizer = full_vision_tokenizer_config(vae_pretrained=vae_pretrained, encoder_pretrained=encoder_pretrained)
+    return CheersConfig(tokenizer=tokenizer, llm=llm, flow_head=head)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from cheers_pl.data.processing import IGNORE_INDEX
 from cheers_pl.data.text_tokenizer import train_tokenizer
-from cheers_pl.model.cheers import CheersConfig, CheersModel
+from cheers_pl.model.cheers import CheersConfig, CheersModel, full_cheers_config
 from cheers_pl.model.flow_head import FlowHeadConfig
 from cheers_pl.model.generation import left_pad
 from cheers_pl.model.llm import LLMConfig
@@ -69,6 +69,14 @@ def test_config_defaults_consistent_and_structured() -> None:
 def test_config_cross_checks(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CheersConfig(**kwargs)
+
+
+def test_full_size_builds_on_meta_with_the_released_parameter_count() -> None:
+    with torch.device("meta"):
+        model = CheersModel(full_cheers_config(), train_tokenizer(TEXTS, vocab_size=300))
+    assert model.llm.vocab_size == 151936 and model.num_image_tokens == 256  # a smaller tokenizer never shrinks it
+    total = sum(p.numel() for p in model.parameters())
+    assert 2.75e9 < total < 2.85e9  # DESIGN.md §1.4: ≈ 2.8B parameters (5.61 GB in bf16)
 
 
 def test_vocab_grows_to_tokenizer_with_mean_rows() -> None:

@@ -1,5 +1,7 @@
 """Tests for cheers_pl.model.generation: prompt-cached guided velocity and seeded generation."""
 
+import copy
+
 import pytest
 import torch
 
@@ -94,3 +96,18 @@ def test_generate_seeded_shapes_range_and_gates(model: CheersModel) -> None:
     assert a.gates.abs().amax() > 0  # the perturbed gate is active
     heun = model.generate(PROMPTS[:1], seed=0, sampler="heun", record_gates=True, **kwargs)
     assert heun.gates.shape == (6, 1, 64)  # two velocity evaluations per Heun step
+
+
+@pytest.mark.gpu
+def test_bf16_cuda_generate_and_answer(model: CheersModel) -> None:
+    """bf16 on CUDA: images finite and in range, cached ≈ uncached latents, answers are strings."""
+    gpu = copy.deepcopy(model).cuda().to(torch.bfloat16)
+    kwargs = dict(num_steps=2, guidance_scale=2.0)
+    a = gpu.generate(PROMPTS, seed=0, **kwargs)
+    b = gpu.generate(PROMPTS, seed=0, use_cache=False, **kwargs)
+    assert a.images.device.type == "cuda" and a.images.dtype == torch.bfloat16
+    assert torch.isfinite(a.images).all() and a.images.abs().amax() <= 1
+    torch.testing.assert_close(a.latents.float(), b.latents.float(), atol=0.1, rtol=0.05)
+    answers = gpu.answer(a.images, ["how many shapes?", "what colour?"], max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(x, str) for x in answers)
+
