@@ -108,6 +108,10 @@ class FIDCallback(PeriodicValidationCallback):
         self.num_real = 0
 
     @property
+    def state_key(self) -> str:
+        return self._generate_state_key(feature=self.cfg.feature)
+
+    @property
     def metric_name(self) -> str:
         return f"val/fid_{self.cfg.feature}"
 
