@@ -86,6 +86,7 @@ class ContrastiveCLIPScore(Metric):
         self.n_samples += len(texts)
 
     def compute(self) -> torch.Tensor:
+        """max(mean score, 0), as torchmetrics CLIPScore."""
         return torch.clamp(self.score / self.n_samples, min=0.0).float()
 
 
@@ -106,9 +107,11 @@ class CLIPFeatures(nn.Module):
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image embeddings B×D."""
         return self._tensor(self.model.get_image_features(pixel_values=pixel_values))
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected text embeddings B×D."""
         return self._tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
