@@ -13,7 +13,7 @@ References:
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from cheers_pl.data.processing import SequenceBuilder
 from cheers_pl.data.text_tokenizer import TURN_END
 from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
+from cheers_pl.model.contrastive_towers import ContrastiveTowers, ContrastiveTowersConfig
 from cheers_pl.model.decoding import decode
 from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.generation import GenerationResult, PromptVelocity, generate_images, left_pad
@@ -36,6 +37,8 @@ class CheersConfig:
     tokenizer: VisionTokenizerConfig = field(default_factory=VisionTokenizerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     flow_head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
+    # SigLIP-style text tower of the `tokenizer` stage (kept for CLIP score when no local CLIP is configured)
+    contrastive: ContrastiveTowersConfig | None = None
 
     def __post_init__(self) -> None:
         tok, llm, head = self.tokenizer, self.llm, self.flow_head
@@ -67,12 +70,26 @@ def full_cheers_config(
 ) -> CheersConfig:
     """The 1.5B preset: Qwen2.5-1.5B (untied head, as the released checkpoint), SigLIP2 so400m/16-512, FLUX.2 VAE."""
     llm = LLMConfig(
-        pretrained=llm_pretrained, vocab_size=151936, dim=1536, num_layers=28, num_heads=12, num_kv_heads=2,
-        mlp_dim=8960, max_position=32768, tie_word_embeddings=False,
+        pretrained=llm_pretrained,
+        vocab_size=151936,
+        dim=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        mlp_dim=8960,
+        max_position=32768,
+        tie_word_embeddings=False,
     )
     head = FlowHeadConfig(
-        llm_dim=1536, sem_dim=1152, latent_dim=128, stage1_depth=7, stage1_heads=12, stage1_kv_heads=2,
-        stage2_depth=3, stage2_heads=16, stage2_kv_heads=2,
+        llm_dim=1536,
+        sem_dim=1152,
+        latent_dim=128,
+        stage1_depth=7,
+        stage1_heads=12,
+        stage1_kv_heads=2,
+        stage2_depth=3,
+        stage2_heads=16,
+        stage2_kv_heads=2,
     )
     tokenizer = full_vision_tokenizer_config(vae_pretrained=vae_pretrained, encoder_pretrained=encoder_pretrained)
     return CheersConfig(tokenizer=tokenizer, llm=llm, flow_head=head)
@@ -111,6 +128,10 @@ class CheersModel(nn.Module):
         if len(text_tokenizer) > self.llm.vocab_size:
             self.llm.resize_vocab(len(text_tokenizer))
         self.flow_head = FlowHead(cfg.flow_head)
+        self.contrastive = None
+        if cfg.contrastive is not None:
+            towers_cfg = replace(cfg.contrastive, vocab_size=len(text_tokenizer))
+            self.contrastive = ContrastiveTowers(towers_cfg, self.tokenizer.encoder.dim)
         self.text_tokenizer = text_tokenizer
         self.sequence_builder = SequenceBuilder(text_tokenizer, self.tokenizer.num_image_tokens)
 
@@ -264,8 +285,16 @@ class CheersModel(nn.Module):
         tokens_BND, _ = self.tokenizer.tokenize(self.tokenizer.encode(images_B3HW.to(self.device)))
         eos = builder.ids[TURN_END]
         new_BT = decode(
-            self.llm, self.embed(ids_BL, blocks_BL, tokens_BND), blocks_BL, pad_BL, max_new_tokens, eos,
-            do_sample=do_sample, temperature=temperature, generator=generator, use_cache=use_cache,
+            self.llm,
+            self.embed(ids_BL, blocks_BL, tokens_BND),
+            blocks_BL,
+            pad_BL,
+            max_new_tokens,
+            eos,
+            do_sample=do_sample,
+            temperature=temperature,
+            generator=generator,
+            use_cache=use_cache,
         )
         answers = []
         for row in new_BT.tolist():
@@ -302,6 +331,13 @@ class CheersModel(nn.Module):
             velocity evaluation, stacked, or None) and the gates' grid (h, w).
         """
         return generate_images(
-            self, prompts, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale, alpha=alpha,
-            sampler=sampler, use_cache=use_cache, record_gates=record_gates,
+            self,
+            prompts,
+            seed=seed,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            alpha=alpha,
+            sampler=sampler,
+            use_cache=use_cache,
+            record_gates=record_gates,
         )

@@ -175,15 +175,23 @@ class VisionTokenizer(nn.Module):
         t = t_B.to(z1.dtype).view(-1, *([1] * (z1.ndim - 1)))
         return t * z1 + (1 - t) * z0, z0
 
-    def _tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _semantic(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(semantic tokens B,N,C_enc, patch embedding S(D(z_t)) B,N,C_enc, decoded pixels or None)."""
         if self.pixel_decoder is not None:
             decoded = self.pixel_decoder(self.vae.to_raw(z_t))
             emb_BNC = self.encoder.patch_embed(decoded)
         else:
             decoded = None
             emb_BNC = self.latent_embed(z_t)
-        feats_BNC = self.encoder.forward_embeddings(emb_BNC)
+        return self.encoder.forward_embeddings(emb_BNC), emb_BNC, decoded
+
+    def _tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        feats_BNC, emb_BNC, decoded = self._semantic(z_t)
         return self.compressor(feats_BNC, self.semantic_grid_hw), emb_BNC, decoded
+
+    def semantic_tokens(self, z_t: torch.Tensor) -> torch.Tensor:
+        """Noisy latent → the semantic encoder's tokens B,N,C_enc (before compression): encoder(D(z_t))."""
+        return self._semantic(z_t)[0]
 
     def tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy latent → (LLM tokens B,M,D, detail residual S(D(z_t)) B,N,C_enc)."""
