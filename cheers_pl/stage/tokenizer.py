@@ -1,0 +1,299 @@
+"""The `tokenizer` stage: pretraining of the unified vision tokenizer (Cheers §3.1, DESIGN.md §2).
+
+Three losses, each switched on by config and each training its own components (declared by `stage.trainable`):
+(a) VAE (`train_vae`, when not pretrained): L1 reconstruction of a posterior sample + β·KL (mean per latent
+    element), + LPIPS when `lpips_weights` is a local file. Every `refresh_stats_every` steps (and at the last
+    step) the BatchNorm normaliser statistics are recomputed exactly from the posterior means of the training
+    batches seen since the previous refresh, summed over ranks.
+(b) Pixel decoder D: reconstructs the CLEAN image from `D(z_t)`, z_t = t·z1 + (1−t)·z0, with t = 1 for a fraction
+    `clean_prob` of the images (the understanding input, whose fidelity PSNR measures) and t ~ U(t_min, 1)
+    otherwise (what D sees during generation). `decoder_loss` "l1" (sharper, the default) or "mse".
+(c) Semantic encoder + text tower (when `model.contrastive` is set): sigmoid contrastive loss between the encoder's
+    mean-pooled tokens of `D(z_t)` (detached: the contrastive loss never trains D) and the captions.
+D is a copy of the VAE decoder made at construction. When the VAE trains in the same run, D trains jointly on the
+current VAE's latents (no reset needed); `reset_pixel_decoder=true` re-copies D from the VAE after `init_from`
+(e.g. a second run that starts from a VAE-only run).
+
+Text-only examples (no image) are dropped from the batch; the tiny experiment draws only image examples.
+Shape legend: B batch, H/W image side, P latent channels, h/w latent grid, N semantic tokens, C encoder width,
+E joint embedding width, L caption length.
+
+References:
+    Cheers, arXiv 2603.12793, §3.1; SigLIP, arXiv 2303.15343.
+"""
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cheers_pl.config import ExperimentConfig
+from cheers_pl.data.batch import Batch
+from cheers_pl.data.text_tokenizer import load_tokenizer
+from cheers_pl.model.contrastive_towers import ContrastiveTowers
+from cheers_pl.model.vision_tokenizer import VisionTokenizer
+from cheers_pl.optim import OptimConfig
+from cheers_pl.stage.base import StageConfig, StageModule
+
+TEXT_TASK = 2  # `Batch.task` of text-only examples (cheers_pl.data.processing)
+DECODER_LOSSES = ("l1", "mse")
+# parameter-name prefix -> the loss that trains it (a trainable parameter outside these gets no gradient here)
+LOSS_OF_PREFIX = {
+    "model.tokenizer.vae.": "vae",
+    "model.tokenizer.pixel_decoder.": "decoder",
+    "model.tokenizer.encoder.": "contrastive",
+    "model.tokenizer.latent_embed.": "contrastive",
+    "model.contrastive.": "contrastive",
+}
+
+
+@dataclass
+class TokenizerStageConfig(StageConfig):
+    """Loss weights and switches of the tokenizer stage (defaults: tiny preset, everything from scratch)."""
+
+    name: str = "tokenizer"
+    trainable: list[str] = field(
+        default_factory=lambda: [
+            "model.tokenizer.vae.*", "model.tokenizer.pixel_decoder.*", "model.tokenizer.encoder.*",
+            "model.contrastive.*",
+        ]
+    )  # fmt: skip
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_frac=0.02))
+    train_vae: bool = True  # full preset: false (pretrained FLUX.2 VAE)
+    vae_l1_weight: float = 1.0
+    vae_kl_weight: float = 1e-6  # β on the per-element KL
+    lpips_weights: str | None = None  # local state dict of torchmetrics' LPIPS net (backbone + lin layers); None = off
+    lpips_net: str = "vgg"  # "vgg" | "alex" | "squeeze": architecture of `lpips_weights`
+    lpips_weight: float = 0.1
+    refresh_stats_every: int = 50  # steps between normaliser refreshes while the VAE trains; 0 = never
+    decoder_weight: float = 1.0
+    decoder_loss: str = "l1"  # "l1" | "mse"
+    t_min: float = 0.5  # D's noisy inputs use t ~ U(t_min, 1)
+    clean_prob: float = 0.5  # fraction of images decoded from the clean latent (t = 1)
+    contrastive_weight: float = 1.0
+    reset_pixel_decoder: bool = False  # re-copy D from the VAE decoder after `init_from`
+
+    def __post_init__(self) -> None:
+        for name in ("vae_l1_weight", "vae_kl_weight", "lpips_weight", "decoder_weight", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
+        if self.decoder_loss not in DECODER_LOSSES:
+            raise ValueError(f"stage.decoder_loss={self.decoder_loss!r} is not one of {DECODER_LOSSES}")
+        if not 0.0 <= self.t_min <= 1.0:
+            raise ValueError(f"stage.t_min must be in [0, 1], got {self.t_min}")
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise ValueError(f"stage.clean_prob must be in [0, 1], got {self.clean_prob}")
+        if self.refresh_stats_every < 0:
+            raise ValueError(f"stage.refresh_stats_every must be >= 0, got {self.refresh_stats_every}")
+        if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
+            raise ValueError(f"stage.lpips_weights={self.lpips_weights!r}: no such file")
+        if self.lpips_net not in ("vgg", "alex", "squeeze"):
+            raise ValueError(f"stage.lpips_net={self.lpips_net!r} is not one of ('vgg', 'alex', 'squeeze')")
+
+
+def _build_lpips(path: str, net: str) -> nn.Module:
+    """torchmetrics' LPIPS network with every weight from `path` (built random first: nothing is downloaded)."""
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    module = _LPIPS(pretrained=False, net=net, pnet_rand=True)
+    try:
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"stage.lpips_weights={path!r}: not an LPIPS-{net} state dict ({err})") from err
+    return module.requires_grad_(False).eval()
+
+
+class TokenizerStage(StageModule):
+    """Orchestrates the VAE, pixel-decoder and contrastive losses over `model.tokenizer` / `model.contrastive`."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__(cfg)
+        scfg: TokenizerStageConfig = cfg.stage
+        self.model = nn.Module()  # container: checkpoint keys model.tokenizer.* / model.contrastive.* (R5)
+        self.model.tokenizer = VisionTokenizer(cfg.model.tokenizer)
+        towers_cfg = getattr(cfg.model, "contrastive", None)
+        self.text_tokenizer = None
+        if towers_cfg is not None:
+            self.text_tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+            towers_cfg = replace(towers_cfg, vocab_size=len(self.text_tokenizer))
+            self.model.contrastive = ContrastiveTowers(towers_cfg, self.model.tokenizer.encoder.dim)
+        else:
+            self.model.contrastive = None
+        self.lpips = _build_lpips(scfg.lpips_weights, scfg.lpips_net) if scfg.lpips_weights else None
+        if scfg.train_vae and scfg.refresh_stats_every == 0:
+            warnings.warn(
+                "stage.refresh_stats_every=0: the VAE trains but its normaliser keeps its statistics", stacklevel=2
+            )
+        self._moments: torch.Tensor | None = None
+        self.setup_trainable()
+        if scfg.reset_pixel_decoder:
+            self.model.tokenizer.reset_pixel_decoder()
+        self._check_losses_reach_trainable()
+
+    def _active_losses(self) -> set[str]:
+        scfg, tok = self.stage_cfg, self.model.tokenizer
+        active = {"vae"} if scfg.train_vae else set()
+        if scfg.decoder_weight > 0 and tok.pixel_decoder is not None:
+            active.add("decoder")
+        if scfg.contrastive_weight > 0 and self.model.contrastive is not None:
+            active.add("contrastive")
+        return active
+
+    def _check_losses_reach_trainable(self) -> None:
+        active = self._active_losses()
+        names = [n for n, _ in self.trainable_parameters()]
+        for name in names:
+            loss = next((v for k, v in LOSS_OF_PREFIX.items() if name.startswith(k)), None)
+            if loss not in active:
+                raise ValueError(
+                    f"stage.trainable selects {name!r}, but no active loss of the tokenizer stage trains it "
+                    f"(active: {sorted(active)}; check train_vae, *_weight and model.contrastive)"
+                )
+        if self.stage_cfg.train_vae and not any(n.startswith("model.tokenizer.vae.") for n in names):
+            raise ValueError("stage.train_vae=true but stage.trainable selects no model.tokenizer.vae.* parameter")
+
+    # ---------------------------------------------------------------- losses
+    def tokenize_captions(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions → (ids B,L, pad_mask B,L) truncated to `model.contrastive.max_len`."""
+        if self.text_tokenizer is None:
+            raise ValueError("contrastive towers are not configured (model.contrastive is null)")
+        enc = self.text_tokenizer(
+            texts, padding=True, truncation=True, max_length=self.model.contrastive.cfg.max_len, return_tensors="pt"
+        )
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
+
+    def _semantic_tokens(self, z_t: torch.Tensor, decoded: torch.Tensor | None) -> torch.Tensor:
+        tok = self.model.tokenizer
+        if decoded is not None:
+            return tok.encoder(decoded)
+        return tok.encoder.forward_embeddings(tok.latent_embed(z_t))
+
+    def _vae_losses(self, images: torch.Tensor, sample: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        vae = self.model.tokenizer.vae
+        posterior = vae.autoencoder.encode(images).latent_dist
+        raw_BChw = posterior.sample() if sample else posterior.mode()
+        recon = vae.decode_raw(raw_BChw)
+        losses = {
+            "vae_l1": F.l1_loss(recon, images),
+            "vae_kl": posterior.kl().mean() / raw_BChw[0].numel(),
+        }
+        if self.lpips is not None:
+            losses["vae_lpips"] = self.lpips(recon.clamp(-1, 1), images).mean()
+        return losses, posterior.mode().detach()
+
+    def compute_losses(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted losses of a batch (`vae_l1`, `vae_kl`, [`vae_lpips`], `decoder`, `contrastive`)."""
+        scfg, tok = self.stage_cfg, self.model.tokenizer
+        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TEXT_TASK]
+        if not keep:
+            return {}
+        images = batch.images[keep]
+        losses: dict[str, torch.Tensor] = {}
+        if scfg.train_vae:
+            vae_losses, raw_mean = self._vae_losses(images, sample=generator is None)
+            losses.update(vae_losses)
+            if self.training:
+                m = tok.vae.latent_moments(raw_mean, source="latents")
+                self._moments = m if self._moments is None else self._moments + m
+            z1 = tok.vae.from_raw(raw_mean)
+        else:
+            z1 = tok.encode(images)
+        B = images.shape[0]
+        u = torch.rand(2, B, generator=generator, device=images.device)
+        t_B = torch.where(u[0] < scfg.clean_prob, torch.ones_like(u[1]), scfg.t_min + (1 - scfg.t_min) * u[1])
+        z_t, _ = tok.add_noise(z1, t_B, generator)
+        decoded = tok.pixel_decoder(tok.vae.to_raw(z_t)) if tok.pixel_decoder is not None else None
+        if "decoder" in self._active_losses():
+            loss_fn = F.l1_loss if scfg.decoder_loss == "l1" else F.mse_loss
+            losses["decoder"] = loss_fn(decoded, images)
+        if "contrastive" in self._active_losses():
+            towers = self.model.contrastive
+            semantic = self._semantic_tokens(z_t, None if decoded is None else decoded.detach())
+            ids, mask = self.tokenize_captions([str(batch.meta[i]["caption"]) for i in keep], images.device)
+            losses["contrastive"] = towers.loss(towers.embed_images(semantic), towers.embed_texts(ids, mask))
+        return losses
+
+    def _total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        s = self.stage_cfg
+        weights = {
+            "vae_l1": s.vae_l1_weight, "vae_kl": s.vae_kl_weight, "vae_lpips": s.lpips_weight,
+            "decoder": s.decoder_weight, "contrastive": s.contrastive_weight,
+        }  # fmt: skip
+        return sum(weights[k] * v for k, v in losses.items())
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        losses = self.compute_losses(batch)
+        if not losses:
+            return None
+        total = self._total(losses)
+        n = len(batch)
+        self.log("train/loss", total, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/loss_{k}": v for k, v in losses.items()}, batch_size=n)
+        every = self.stage_cfg.refresh_stats_every
+        step = self.trainer.global_step + 1 if self._trainer is not None else 0
+        last = self._trainer is not None and step == self.trainer.max_steps
+        if self.stage_cfg.train_vae and every > 0 and (step % every == 0 or last):
+            self.refresh_statistics()
+        return total
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        generator = torch.Generator(device=batch.images.device).manual_seed(self.cfg.seed + batch_idx)
+        losses = self.compute_losses(batch, generator)
+        if not losses:
+            return
+        n = len(batch)
+        self.log("val/loss", self._total(losses), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"val/loss_{k}": v for k, v in losses.items()}, batch_size=n, sync_dist=True)
+
+    # ---------------------------------------------------------------- normaliser statistics
+    @torch.no_grad()
+    def refresh_statistics(self) -> bool:
+        """Sets the VAE normaliser from the latent moments gathered since the last refresh (summed over ranks).
+
+        Returns:
+            Whether statistics were set (False when no training batch was seen since the last refresh).
+        """
+        if self._moments is None:
+            return False
+        moments = self._moments
+        if self._trainer is not None:
+            moments = self.trainer.strategy.reduce(moments, reduce_op="sum")
+        self.model.tokenizer.vae.set_statistics(moments)
+        self._moments = None
+        return True
+
+    def on_train_end(self) -> None:
+        if self.stage_cfg.train_vae and self.stage_cfg.refresh_stats_every > 0:
+            self.refresh_statistics()
+
+    # ---------------------------------------------------------------- public API for callbacks
+    @torch.no_grad()
+    def reconstruct(
+        self, images: torch.Tensor, t_values: tuple[float, ...] = (1.0, 0.5), seed: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Reconstructions B,3,H,W: "vae" (VAE round trip) and "decoder_t{t}" = D(z_t) for each t (same noise)."""
+        tok = self.model.tokenizer
+        z1 = tok.encode(images)
+        out = {"vae": tok.vae.decode(z1)}
+        if tok.pixel_decoder is None:
+            return out
+        for t in t_values:
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            z_t, _ = tok.add_noise(z1, torch.full((images.shape[0],), float(t), device=images.device), generator)
+            out[f"decoder_t{float(t)}"] = tok.pixel_decoder(tok.vae.to_raw(z_t))
+        return out
+
+    @torch.no_grad()
+    def contrastive_embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint-space embeddings (image B,E of the understanding path D(z1) → encoder; caption B',E)."""
+        if self.model.contrastive is None:
+            raise ValueError("contrastive_embed needs model.contrastive (the text tower) to be configured")
+        tok = self.model.tokenizer
+        z1 = tok.encode(images)
+        decoded = tok.pixel_decoder(tok.vae.to_raw(z1)) if tok.pixel_decoder is not None else None
+        img_emb = self.model.contrastive.embed_images(self._semantic_tokens(z1, decoded))
+        ids, mask = self.tokenize_captions(list(texts), images.device)
+        return img_emb, self.model.contrastive.embed_texts(ids, mask)
