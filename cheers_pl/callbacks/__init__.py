@@ -4,8 +4,14 @@ from typing import Any
 
 import lightning as L
 
+from cheers_pl.callbacks.reconstruction import ReconstructionCallback, ReconstructionConfig
+from cheers_pl.callbacks.retrieval import RetrievalCallback, RetrievalConfig
+
 # name -> (config dataclass, callback class); a config's `callbacks.<name>` section is validated against the first.
-CALLBACKS: dict[str, tuple[type, type]] = {}
+CALLBACKS: dict[str, tuple[type, type]] = {
+    "reconstruction": (ReconstructionConfig, ReconstructionCallback),
+    "retrieval": (RetrievalConfig, RetrievalCallback),
+}
 CALLBACK_CONFIGS: dict[str, type] = {name: entry[0] for name, entry in CALLBACKS.items()}
 
 

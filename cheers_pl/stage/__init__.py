@@ -5,7 +5,11 @@
 
 from typing import Any
 
-STAGES: dict[str, tuple[type, type]] = {}
+from cheers_pl.stage.tokenizer import TokenizerStage, TokenizerStageConfig
+
+STAGES: dict[str, tuple[type, type]] = {
+    "tokenizer": (TokenizerStageConfig, TokenizerStage),
+}
 STAGE_CONFIGS: dict[str, type] = {name: entry[0] for name, entry in STAGES.items()}
 
 
