@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cheers_pl.config import ExperimentConfig, compose
+from cheers_pl.inspect import InspectArgs
 
 
 @dataclass
@@ -42,9 +43,16 @@ def _train(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(cfg)
 
 
+def _inspect(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.inspect import run
+
+    return run(cfg, args)
+
+
 COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
     "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
+    "inspect": Command(_inspect, "parameters per component and tokens per image (meta device)", InspectArgs),
 }
 
 
