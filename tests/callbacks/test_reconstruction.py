@@ -63,7 +63,8 @@ def test_callback_logs_psnr_ssim_and_writes_grid(tmp_path: Path) -> None:
     images = torch.cat([b.images[:-1] for b in batches])
     recon = torch.cat([stage.reconstruct(b.images[:-1], (1.0,))["decoder_t1.0"] for b in batches])
     unit = lambda x: ((x + 1) / 2).clamp(0, 1)  # noqa: E731
-    expected = torch.stack([peak_signal_noise_ratio(unit(r), unit(x), data_range=1.0) for r, x in zip(recon, images)])
+    pairs = zip(recon, images, strict=True)
+    expected = torch.stack([peak_signal_noise_ratio(unit(r), unit(x), data_range=1.0) for r, x in pairs])
     assert stage.logged["val/psnr_decoder_t1"] == pytest.approx(expected.mean().item(), rel=1e-4)
     assert 10 < stage.logged["val/psnr_decoder_t1"] < 40
     png = tmp_path / "reconstructions" / "step_000007.png"
