@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cheers_pl.config import ExperimentConfig, compose
 from cheers_pl.inspect import InspectArgs
+from cheers_pl.sample import AnswerArgs, SampleArgs
 
 
 @dataclass
@@ -43,6 +44,18 @@ def _train(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(cfg)
 
 
+def _answer(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.sample import answer
+
+    return answer(args)
+
+
+def _sample(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.sample import sample
+
+    return sample(args)
+
+
 def _inspect(cfg: ExperimentConfig | None, args: Any) -> dict:
     from cheers_pl.inspect import run
 
@@ -53,6 +66,8 @@ COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
     "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
     "inspect": Command(_inspect, "parameters per component and tokens per image (meta device)", InspectArgs),
+    "answer": Command(_answer, "answer a question about an image: ckpt=... image=... question=...", AnswerArgs, False),
+    "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
 }
 
 

@@ -4,13 +4,25 @@ from typing import Any
 
 import lightning as L
 
+from cheers_pl.callbacks.clip_score import CLIPScoreCallback, CLIPScoreConfig
+from cheers_pl.callbacks.compositional import CompositionalCallback, CompositionalConfig
+from cheers_pl.callbacks.ema import EMACallback, EMAConfig
+from cheers_pl.callbacks.fid import FIDCallback, FIDConfig
+from cheers_pl.callbacks.image_samples import ImageSamplesCallback, ImageSamplesConfig
 from cheers_pl.callbacks.reconstruction import ReconstructionCallback, ReconstructionConfig
 from cheers_pl.callbacks.retrieval import RetrievalCallback, RetrievalConfig
+from cheers_pl.callbacks.vqa import VQACallback, VQAConfig
 
 # name -> (config dataclass, callback class); a config's `callbacks.<name>` section is validated against the first.
 CALLBACKS: dict[str, tuple[type, type]] = {
     "reconstruction": (ReconstructionConfig, ReconstructionCallback),
     "retrieval": (RetrievalConfig, RetrievalCallback),
+    "ema": (EMAConfig, EMACallback),
+    "fid": (FIDConfig, FIDCallback),
+    "clip_score": (CLIPScoreConfig, CLIPScoreCallback),
+    "image_samples": (ImageSamplesConfig, ImageSamplesCallback),
+    "compositional": (CompositionalConfig, CompositionalCallback),
+    "vqa": (VQAConfig, VQACallback),
 }
 CALLBACK_CONFIGS: dict[str, type] = {name: entry[0] for name, entry in CALLBACKS.items()}
 

@@ -5,10 +5,14 @@
 
 from typing import Any
 
+from cheers_pl.stage.align import AlignStage, AlignStageConfig
+from cheers_pl.stage.generation import GenerationStage, GenerationStageConfig
 from cheers_pl.stage.tokenizer import TokenizerStage, TokenizerStageConfig
 
 STAGES: dict[str, tuple[type, type]] = {
     "tokenizer": (TokenizerStageConfig, TokenizerStage),
+    "align": (AlignStageConfig, AlignStage),
+    "generation": (GenerationStageConfig, GenerationStage),
 }
 STAGE_CONFIGS: dict[str, type] = {name: entry[0] for name, entry in STAGES.items()}
 

@@ -1,0 +1,176 @@
+"""The loss and public inference methods shared by the `align` and `generation` stages (composition, R4).
+
+`L = CE_text + λ·MSE(v̂, z1 − z0)` (DESIGN.md §1.3): understanding rows see their image clean (t = 1), generation
+rows a noisy latent at t from the flow objective's t-sampler; with probability `cond_drop_prob` a generation row's
+prompt tokens become `<no_mean>` (classifier-free guidance training).
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from cheers_pl.config import ExperimentConfig
+from cheers_pl.data.batch import Batch
+from cheers_pl.data.processing import TASK_GENERATION
+from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, NO_MEAN, load_tokenizer
+from cheers_pl.model.cheers import CheersModel
+from cheers_pl.model.generation import GenerationResult
+from cheers_pl.objective.flow_matching import FlowMatchingConfig, flow_loss, sample_t
+from cheers_pl.objective.lm import lm_loss
+from cheers_pl.stage.base import StageConfig, StageModule
+
+
+@dataclass
+class SamplingConfig:
+    """Defaults of `generate_images` (paper: 80 Euler steps, guidance 9.5, α = 0.5)."""
+
+    num_steps: int = 80
+    guidance_scale: float = 9.5
+    alpha: float = 0.5
+    sampler: str = "euler"
+
+
+@dataclass
+class MultimodalStageConfig(StageConfig):
+    """Loss weights, t-sampling, guidance dropout and sampling defaults of the LLM stages."""
+
+    lm_weight: float = 1.0
+    flow_weight: float = 1.0  # λ
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    cond_drop_prob: float = 0.0
+    understanding_zero_target: bool = False  # the official code's zero-velocity target on understanding slots
+    new_token_rows_only: bool = False  # train only the embedding rows of tokens the text tokenizer added
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cond_drop_prob <= 1.0:
+            raise ValueError(f"stage.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+
+
+class MultimodalStage(StageModule):
+    """Builds the whole `CheersModel`, trains the declared parameters on the joint loss."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__(cfg)
+        self.stage_cfg: MultimodalStageConfig = cfg.stage
+        text_tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+        self.model = CheersModel(cfg.model, text_tokenizer)
+        if self.model.num_image_tokens != cfg.data.num_image_tokens:
+            raise ValueError(
+                f"data.num_image_tokens={cfg.data.num_image_tokens} but the model makes "
+                f"{self.model.num_image_tokens} LLM tokens per image; set data.num_image_tokens"
+            )
+        self.no_mean_id = text_tokenizer.convert_tokens_to_ids(NO_MEAN)
+        self.setup_trainable()
+        if self.stage_cfg.new_token_rows_only:
+            self._restrict_embedding_grad(text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS)))
+
+    def _restrict_embedding_grad(self, new_ids: list[int]) -> None:
+        """Masks the embedding gradient so only the rows of the added Cheers tokens move (paper: align stage)."""
+        weight = self.model.llm.hf.get_input_embeddings().weight
+        if not weight.requires_grad:
+            warnings.warn("stage.new_token_rows_only is set but the embeddings are not trainable", stacklevel=2)
+            return
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[new_ids] = 1.0
+        weight.register_hook(lambda grad: grad * mask.to(grad))
+
+    def _flow_times(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        t = sample_t(len(batch), self.stage_cfg.flow, generator=generator, device=self.device)
+        return torch.where(batch.task == TASK_GENERATION, t, torch.ones_like(t))
+
+    def _drop_condition(self, batch: Batch) -> torch.Tensor:
+        p = self.stage_cfg.cond_drop_prob
+        if p <= 0:
+            return batch.input_ids
+        drop_B = (torch.rand(len(batch), device=self.device) < p) & (batch.task == TASK_GENERATION)
+        replace_BL = batch.prompt_mask & drop_B[:, None]
+        return torch.where(replace_BL, torch.full_like(batch.input_ids, self.no_mean_id), batch.input_ids)
+
+    def losses(self, batch: Batch, input_ids: torch.Tensor, t_B: torch.Tensor, z0=None) -> dict[str, torch.Tensor]:
+        out = self.model(input_ids, batch.pad_mask, batch.block_ids, batch.images, t_B, z0=z0)
+        is_gen = (batch.task == TASK_GENERATION) & out.has_image
+        if self.stage_cfg.understanding_zero_target:
+            weight = is_gen.float()
+            v, x0, x1 = out.velocity[out.has_image], out.z0[out.has_image], out.z1[out.has_image]
+            flow = flow_loss(v, x0, x1, weight[out.has_image], understanding_zero_target=True)
+        else:
+            flow = flow_loss(out.velocity, out.z0, out.z1, is_gen.float())
+        lm = lm_loss(out.logits, batch.labels)
+        total = self.stage_cfg.lm_weight * lm + self.stage_cfg.flow_weight * flow
+        return {"loss": total, "loss_lm": lm, "loss_flow": flow}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(batch, self._drop_condition(batch), self._flow_times(batch))
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch))
+        return losses["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        t_B = self._flow_times(batch, generator)
+        h, w = self.model.tokenizer.semantic_grid_hw
+        shape = (len(batch), self.model.tokenizer.latent_dim, h, w)
+        z0 = torch.randn(shape, generator=generator, device=self.device)
+        losses = self.losses(batch, batch.input_ids, t_B, z0=z0)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch), sync_dist=True)
+
+    # ---- public methods for callbacks and commands (R10) ----
+
+    @torch.no_grad()
+    def answer(self, images: torch.Tensor, questions: list[str], max_new_tokens: int = 16) -> list[str]:
+        """Greedy, KV-cached answers to one question per image."""
+        return self.model.answer(images, questions, max_new_tokens=max_new_tokens)
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompts: list[str],
+        seed: int = 0,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        alpha: float | None = None,
+        sampler: str | None = None,
+        record_gates: bool = False,
+    ) -> GenerationResult:
+        """Text → images with the stage's sampling defaults for any argument left None."""
+        s = self.stage_cfg.sampling
+        return self.model.generate(
+            prompts,
+            seed=seed,
+            num_steps=num_steps if num_steps is not None else s.num_steps,
+            guidance_scale=guidance_scale if guidance_scale is not None else s.guidance_scale,
+            alpha=alpha if alpha is not None else s.alpha,
+            sampler=sampler if sampler is not None else s.sampler,
+            record_gates=record_gates,
+        )
+
+    @torch.no_grad()
+    def contrastive_embed(
+        self, images: torch.Tensor | None, texts: list[str] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Joint-space embeddings of the tokenizer-stage towers: images through the understanding path
+        (encoder(D(z1))), captions through the text tower.
+
+        Raises:
+            ValueError: when `model.contrastive` is not configured.
+        """
+        towers = self.model.contrastive
+        if towers is None:
+            raise ValueError("contrastive_embed needs model.contrastive (the tokenizer stage's text tower)")
+        img_emb = txt_emb = None
+        if images is not None:
+            tok = self.model.tokenizer
+            img_emb = towers.embed_images(tok.semantic_tokens(tok.encode(images)))
+        if texts is not None:
+            enc = self.model.text_tokenizer(
+                list(texts), padding=True, truncation=True, max_length=towers.cfg.max_len, return_tensors="pt"
+            )
+            ids, mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device).bool()
+            txt_emb = towers.embed_texts(ids, mask)
+        return img_emb, txt_emb
+
+    @torch.no_grad()
+    def semantic_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled semantic-encoder features of pixels B×3×H×W in [-1, 1] (the `semantic` FID network)."""
+        return self.model.tokenizer.encoder(images).mean(dim=1)

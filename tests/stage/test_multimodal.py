@@ -1,0 +1,112 @@
+"""Align and generation stages: what trains, guidance dropout, init_from (cheers_pl/stage/multimodal.py)."""
+
+from pathlib import Path
+
+import torch
+
+from cheers_pl.data.datamodule import CheersDataModule
+from cheers_pl.data.processing import TASK_GENERATION
+from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS
+from cheers_pl.stage import build_stage
+from cheers_pl.stage.base import match_trainable
+
+
+def _batch(stage):
+    dm = CheersDataModule(stage.cfg.data)
+    return next(iter(dm.val_dataloader()))
+
+
+def _step(stage, batch) -> dict[str, torch.Tensor]:
+    before = {n: p.detach().clone() for n, p in stage.named_parameters()}
+    opt = torch.optim.SGD([p for p in stage.parameters() if p.requires_grad], lr=1.0)
+    stage.train()
+    loss = stage.training_step(batch, 0)
+    loss.backward()
+    opt.step()
+    return before
+
+
+def test_align_step_changes_exactly_the_declared_parameters(make_cfg) -> None:
+    cfg = make_cfg("tiny_align", "stage.trainable=[model.tokenizer.compressor.*,model.flow_head.*]")
+    stage = build_stage(cfg)
+    names = [n for n, _ in stage.named_parameters()]
+    declared = match_trainable(names, cfg.stage.trainable)
+    before = _step(stage, _batch(stage))
+    changed = {n for n, p in stage.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= declared
+    assert {n for n in changed if n.startswith("model.flow_head.")} and {n for n in changed if "compressor" in n}
+    assert not any(n.startswith(("model.llm.", "model.tokenizer.vae.", "model.tokenizer.encoder.")) for n in changed)
+
+
+def test_frozen_modules_stay_in_eval_mode(make_cfg) -> None:
+    stage = build_stage(make_cfg("tiny_align", "stage.trainable=[model.flow_head.*]"))
+    stage.train()
+    assert not stage.model.llm.training and not stage.model.tokenizer.encoder.training
+    assert stage.model.flow_head.training
+
+
+def test_new_token_rows_only_keeps_pretrained_rows(make_cfg) -> None:
+    cfg = make_cfg(
+        "tiny_align", "stage.trainable=[model.llm.hf.model.embed_tokens.*]", "stage.new_token_rows_only=true"
+    )
+    stage = build_stage(cfg)
+    weight = stage.model.llm.hf.get_input_embeddings().weight
+    old = weight.detach().clone()
+    _step(stage, _batch(stage))
+    new = torch.zeros(weight.shape[0], dtype=torch.bool)
+    new[stage.model.text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS))] = True
+    assert torch.equal(weight[~new], old[~new])
+    assert not torch.equal(weight[new], old[new])
+
+
+def test_cond_drop_prob_one_blanks_every_generation_prompt(make_cfg) -> None:
+    stage = build_stage(make_cfg("tiny_generation", "stage.cond_drop_prob=1.0"))
+    batch = _batch(stage)
+    ids = stage._drop_condition(batch)
+    gen = batch.task == TASK_GENERATION
+    assert bool(gen.any())
+    prompt = batch.prompt_mask & gen[:, None]
+    assert bool((ids[prompt] == stage.no_mean_id).all())
+    assert torch.equal(ids[~prompt], batch.input_ids[~prompt])
+    assert bool((stage._drop_condition(batch)[batch.prompt_mask & ~gen[:, None]] != stage.no_mean_id).all())
+
+
+def test_cond_drop_prob_zero_keeps_prompts(make_cfg) -> None:
+    stage = build_stage(make_cfg("tiny_generation", "stage.cond_drop_prob=0.0"))
+    batch = _batch(stage)
+    assert torch.equal(stage._drop_condition(batch), batch.input_ids)
+
+
+def test_init_from_loads_exactly_the_model_weights(make_cfg, tmp_path: Path) -> None:
+    source = build_stage(make_cfg("tiny_align"))
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    tokenizer_state = {k: v for k, v in state.items() if k.startswith("model.tokenizer.")}
+    tokenizer_state["lpips.net.weight"] = torch.zeros(3)  # a non-model key of another stage: must be ignored
+    path = tmp_path / "tok.ckpt"
+    torch.save({"state_dict": tokenizer_state}, path)
+    target = build_stage(make_cfg("tiny_align", f"stage.init_from={path}"))
+    own = target.state_dict()
+    for k, v in own.items():
+        if k.startswith("model.tokenizer."):
+            assert torch.equal(v, state[k]), k
+        else:
+            assert not torch.equal(v, state[k]) or not v.is_floating_point(), k
+
+
+def test_losses_are_finite_and_flow_only_on_generation_rows(make_cfg) -> None:
+    stage = build_stage(make_cfg("tiny_generation"))
+    batch = _batch(stage)
+    losses = stage.losses(batch, batch.input_ids, stage._flow_times(batch))
+    assert all(torch.isfinite(v) for v in losses.values())
+    batch.task[:] = 0  # no generation row: the flow loss is zero
+    assert float(stage.losses(batch, batch.input_ids, stage._flow_times(batch))["loss_flow"]) == 0.0
+
+
+def test_public_methods(make_cfg) -> None:
+    stage = build_stage(make_cfg("tiny_generation")).eval()
+    out = stage.generate_images(["a red circle", "a blue square"], seed=1, num_steps=2, record_gates=True)
+    assert out.images.shape == (2, 3, 64, 64) and out.gates is not None
+    assert len(stage.answer(out.images, ["what color is the circle?", "what shape is it?"], max_new_tokens=3)) == 2
+    assert stage.semantic_features(out.images).shape == (2, 64)
+    img, txt = stage.contrastive_embed(out.images, ["a red circle", "a blue square"])
+    assert img.shape == txt.shape == (2, 64)
