@@ -14,6 +14,7 @@ References:
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -341,3 +342,18 @@ class CheersModel(nn.Module):
             use_cache=use_cache,
             record_gates=record_gates,
         )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Exports config, weights and text tokenizer to `directory` (`cheers_pl.model.weights`); returns it."""
+        from cheers_pl.model.weights import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> "CheersModel":
+        """Reloads a model written by `save_pretrained` (eval mode) in one call."""
+        from cheers_pl.model.weights import load_pretrained
+
+        return load_pretrained(directory, device=device, dtype=dtype)
