@@ -35,7 +35,7 @@ data-synthetic: install ## write the synthetic world as train/val/test shards + 
 	$(PY) -m cheers_pl make-shards experiment=$(or $(EXP),tiny_data) $(ARGS)
 
 train-tokenizer: install ## stage 1: train the unified vision tokenizer (EXP=tiny_tokenizer)
-	@echo "train-tokenizer: not implemented yet"; exit 1
+	$(PY) -m cheers_pl train experiment=$(or $(EXP),tiny_tokenizer) $(ARGS)
 
 train-align: install ## stage 2: understanding alignment (EXP=tiny_align)
 	@echo "train-align: not implemented yet"; exit 1
