@@ -163,20 +163,33 @@ def from_node(node: DictConfig, source: str = "config") -> ExperimentConfig:
     return cfg
 
 
+def _experiment_layers(experiment: str, conf_dir: Path, chain: tuple[str, ...] = ()) -> tuple[dict, list]:
+    """The group defaults and the (path, body) layers of an experiment, following `base:` (parents first)."""
+    exp_path = conf_dir / "experiment" / f"{experiment}.yaml"
+    if not exp_path.exists():
+        raise ValueError(f"experiment={experiment!r}: no file {exp_path}; options: {_options('experiment', conf_dir)}")
+    if experiment in chain:
+        raise ValueError(f"{exp_path}: `base:` cycle {' -> '.join((*chain, experiment))}")
+    body = _load_yaml(exp_path)
+    base = body.pop("base", None)
+    defaults, layers = _experiment_layers(base, conf_dir, (*chain, experiment)) if base else ({}, [])
+    own_defaults = dict(body.pop("defaults", None) or {})
+    unknown = set(own_defaults) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"{exp_path}: defaults has unknown groups {sorted(unknown)}; groups: {GROUPS}")
+    return {**defaults, **own_defaults}, [*layers, (exp_path, body)]
+
+
 def compose(experiment: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> ExperimentConfig:
     """Composes `conf/experiment/<experiment>.yaml` with its group defaults and `key=value` overrides.
+
+    An experiment may name another as `base:`; it then starts from that experiment's groups and values (ablations
+    are one-value changes of a base this way).
 
     Raises:
         ValueError: naming the offending key, file or option.
     """
-    exp_path = conf_dir / "experiment" / f"{experiment}.yaml"
-    if not exp_path.exists():
-        raise ValueError(f"experiment={experiment!r}: no file {exp_path}; options: {_options('experiment', conf_dir)}")
-    body = _load_yaml(exp_path)
-    defaults = dict(body.pop("defaults", None) or {})
-    unknown = set(defaults) - set(GROUPS)
-    if unknown:
-        raise ValueError(f"{exp_path}: defaults has unknown groups {sorted(unknown)}; groups: {GROUPS}")
+    defaults, layers = _experiment_layers(experiment, conf_dir)
     dotlist = []
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -189,7 +202,8 @@ def compose(experiment: str, overrides: Sequence[str] = (), conf_dir: Path = CON
     node = OmegaConf.create({"name": experiment})
     for group, option in defaults.items():
         node = OmegaConf.merge(node, {group: _group_node(group, option, conf_dir)})
-    node = OmegaConf.merge(node, body)
+    for _, body in layers:
+        node = OmegaConf.merge(node, body)
     try:
         node = OmegaConf.merge(node, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as err:
@@ -198,9 +212,10 @@ def compose(experiment: str, overrides: Sequence[str] = (), conf_dir: Path = CON
     schema = _schema_for(node)
     for group, option in defaults.items():
         _merge(schema, {group: _group_node(group, option, conf_dir)}, str(conf_dir / group / f"{option}.yaml"))
-    _merge(schema, body, str(exp_path))
+    for path, body in layers:
+        _merge(schema, body, str(path))
     _merge(schema, OmegaConf.from_dotlist(dotlist), "command-line overrides")
-    return from_node(node, str(exp_path))
+    return from_node(node, str(layers[-1][0]))
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

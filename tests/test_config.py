@@ -76,3 +76,16 @@ def test_yaml_syntax_error_names_file(tmp_path: Path) -> None:
     (tmp_path / "experiment" / "e.yaml").write_text("data: {shard_dir: ???}\n")
     with pytest.raises(ValueError, match=r"e\.yaml"):
         compose("e", conf_dir=tmp_path)
+
+
+def test_experiment_base_inherits_and_cycles_are_errors(tmp_path: Path) -> None:
+    for group in ("experiment", "data"):
+        (tmp_path / group).mkdir()
+    (tmp_path / "data" / "d.yaml").write_text("batch_size: 4\n")
+    (tmp_path / "experiment" / "a.yaml").write_text("defaults: {data: d}\ndata: {image_size: 32}\n")
+    (tmp_path / "experiment" / "b.yaml").write_text("base: a\ndata: {batch_size: 9}\n")
+    cfg = compose("b", conf_dir=tmp_path)
+    assert (cfg.name, cfg.data.image_size, cfg.data.batch_size) == ("b", 32, 9)
+    (tmp_path / "experiment" / "a.yaml").write_text("base: b\n")
+    with pytest.raises(ValueError, match="cycle"):
+        compose("b", conf_dir=tmp_path)
