@@ -38,10 +38,10 @@ train-tokenizer: install ## stage 1: train the unified vision tokenizer (EXP=tin
 	$(PY) -m cheers_pl train experiment=$(or $(EXP),tiny_tokenizer) $(ARGS)
 
 train-align: install ## stage 2: understanding alignment (EXP=tiny_align)
-	@echo "train-align: not implemented yet"; exit 1
+	$(PY) -m cheers_pl train experiment=$(or $(EXP),tiny_align) $(ARGS)
 
 train-generation: install ## stage 3: joint cascaded generation (EXP=tiny_generation)
-	@echo "train-generation: not implemented yet"; exit 1
+	$(PY) -m cheers_pl train experiment=$(or $(EXP),tiny_generation) $(ARGS)
 
 evaluate: install ## GenEval-style, VQA and reconstruction evaluation of a checkpoint (ARGS="ckpt=...")
 	@echo "evaluate: not implemented yet"; exit 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cheers_pl.data.datamodule import DataConfig
@@ -146,12 +146,29 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"bad key {key!r}: {msg}" if key else msg
 
 
+def _declared_missing(node: Any, prefix: str = "") -> list[str]:
+    """Keys set to `???` in a plain (unresolved) config node; interpolations are not resolved here."""
+    out: list[str] = []
+    if isinstance(node, DictConfig):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return out
+    for key, child in items:
+        if isinstance(child, (DictConfig, ListConfig)):
+            out += _declared_missing(child, f"{prefix}{key}.")
+        elif child is not None and not child._is_interpolation() and child._is_missing():
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def from_node(node: DictConfig, source: str = "config") -> ExperimentConfig:
     """Validates a composed config node against the dataclasses (unknown keys, types, missing values).
 
     A layer that sets a value to `???` declares it required: it must be given by a later layer or override.
     """
-    missing = sorted(OmegaConf.missing_keys(node))
+    missing = sorted(_declared_missing(node))
     if missing:
         raise ValueError(f"{source}: missing required values {missing}; set them with key=value")
     merged = _merge(_schema_for(node), node, source)
