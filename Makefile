@@ -44,7 +44,7 @@ train-generation: install ## stage 3: joint cascaded generation (EXP=tiny_genera
 	$(PY) -m cheers_pl train experiment=$(or $(EXP),tiny_generation) $(ARGS)
 
 evaluate: install ## GenEval-style, VQA and reconstruction evaluation of a checkpoint (ARGS="ckpt=...")
-	@echo "evaluate: not implemented yet"; exit 1
+	$(PY) -m cheers_pl evaluate $(ARGS)
 
 ablate: install ## the paper's ablations at an equal budget -> Markdown table + plot
 	@echo "ablate: not implemented yet"; exit 1

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cheers_pl.config import ExperimentConfig, compose
+from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
 from cheers_pl.sample import AnswerArgs, SampleArgs
 
@@ -62,12 +63,19 @@ def _inspect(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(cfg, args)
 
 
+def _evaluate(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.evaluate import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
     "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
     "inspect": Command(_inspect, "parameters per component and tokens per image (meta device)", InspectArgs),
     "answer": Command(_answer, "answer a question about an image: ckpt=... image=... question=...", AnswerArgs, False),
     "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
+    "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
 }
 
 

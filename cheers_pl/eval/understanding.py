@@ -1,0 +1,122 @@
+"""Understanding evaluation: exact-match VQA on every question of a held-out split (DESIGN.md §5).
+
+Unlike the validation callback, which sees one question drawn per streamed example, the evaluate command reads the
+raw shard samples of a split and asks *every* question-answer pair in their metadata (`meta["qa"]`, categories
+count, color, shape, relation, texture, digit), in shard order, up to `max_questions`. Images go through the
+understanding transform the model was trained with. Scores are the callback's normalised exact match per category
+and `overall` over all questions (MMBench-style), plus `held_out` / `in_distribution`: questions about scenes built
+around a held-out composition (`meta["held_out"]` non-empty: an unseen colour-shape pair or object count) vs the
+rest.
+
+References:
+    Liu et al., "MMBench: Is Your Multi-modal Model an All-around Player?", 2023 (per-category exact match).
+
+Legend: B questions, H/W image side.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cheers_pl.callbacks.vqa import accuracies_from_counts, exact_match_counts, normalize_answer
+from cheers_pl.data.processing import decode_image, understanding_transform
+from cheers_pl.data.tasks import parse_raw
+from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
+
+GROUPS: tuple[str, ...] = ("held_out", "in_distribution")
+AnswerFn = Callable[[torch.Tensor, list[str]], list[str]]
+
+
+@dataclass
+class VQAItem:
+    """One question about one image (the image tensor is shared by the questions of a sample)."""
+
+    key: str
+    image: torch.Tensor  # 3×H×W in [-1, 1]
+    question: str
+    answer: str
+    category: str
+    held_out: bool
+
+
+def load_vqa_items(shards: str, image_size: int, max_questions: int) -> tuple[list[VQAItem], dict[str, int], int]:
+    """Every QA pair of the split's samples, in shard order, up to `max_questions`.
+
+    Args:
+        shards: shard spec (glob / brace / `::`-joined list) of the split.
+        image_size: the model's image side (understanding transform: resize the longer side, pad).
+        max_questions: stop after this many questions.
+
+    Returns:
+        (items, bad-sample counts by reason, number of samples read).
+    """
+    if max_questions < 1:
+        raise ValueError(f"max_vqa must be >= 1, got {max_questions}")
+    counter = EventCounter()
+    items: list[VQAItem] = []
+    num_samples = 0
+    stream = raw_samples(resolve_shards(shards), counter, rank=0, world_size=1, resampled=False, seed=0)
+    for raw in stream:
+        try:
+            image_bytes, _, meta = parse_raw(raw)
+            img, _ = decode_image(image_bytes)
+        except (SkipSample, ValueError) as err:
+            counter.add(f"skip/{getattr(err, 'reason', 'undecodable_image')}", str(err)[:300])
+            continue
+        num_samples += 1
+        image = understanding_transform(img, image_size)
+        held_out = bool(meta.get("held_out"))
+        for qa in meta.get("qa", []):
+            if not (isinstance(qa, dict) and "question" in qa and "answer" in qa):
+                continue
+            category = str(qa.get("category", "other"))
+            items.append(
+                VQAItem(raw.get("__key__", "?"), image, str(qa["question"]), str(qa["answer"]), category, held_out)
+            )
+            if len(items) >= max_questions:
+                return items, dict(counter.total), num_samples
+    return items, dict(counter.total), num_samples
+
+
+def group_counts(correct: Sequence[bool], items: Sequence[VQAItem]) -> dict[str, list[int]]:
+    """[num_correct, num_total] of the held-out and in-distribution questions."""
+    counts = {g: [0, 0] for g in GROUPS}
+    for ok, item in zip(correct, items, strict=True):
+        entry = counts[GROUPS[0] if item.held_out else GROUPS[1]]
+        entry[0] += int(ok)
+        entry[1] += 1
+    return counts
+
+
+def run_vqa(
+    answer_fn: AnswerFn, items: Sequence[VQAItem], batch_size: int = 32, num_examples: int = 12
+) -> dict[str, Any]:
+    """Answers every item with `answer_fn(images B×3×H×W, questions) -> answers` and scores them.
+
+    Returns:
+        {"scores": per-category + overall + held_out/in_distribution accuracies, "counts": [correct, total] per
+        key, "examples": the first `num_examples` (question, answer, prediction, category, correct)}.
+    """
+    if not items:
+        raise ValueError("run_vqa: no questions to answer (the split has no QA metadata?)")
+    preds: list[str] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        out = answer_fn(torch.stack([i.image for i in chunk]), [i.question for i in chunk])
+        if len(out) != len(chunk):
+            raise ValueError(f"answer returned {len(out)} answers for {len(chunk)} questions")
+        preds += [str(p) for p in out]
+    answers, categories = [i.answer for i in items], [i.category for i in items]
+    correct = [normalize_answer(p) == normalize_answer(a) for p, a in zip(preds, answers, strict=True)]
+    counts = {**exact_match_counts(preds, answers, categories), **group_counts(correct, items)}
+    category_counts = {k: v for k, v in counts.items() if k not in GROUPS}
+    counts["overall"] = [sum(correct), len(correct)]
+    scores = accuracies_from_counts(category_counts)
+    scores.update({g: c / t for g, (c, t) in counts.items() if g in GROUPS and t > 0})
+    examples = [
+        {"question": i.question, "answer": i.answer, "prediction": p, "category": i.category, "correct": ok}
+        for i, p, ok in list(zip(items, preds, correct, strict=True))[:num_examples]
+    ]
+    return {"scores": scores, "counts": counts, "examples": examples}
