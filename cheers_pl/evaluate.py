@@ -30,7 +30,7 @@ from cheers_pl.checkpoint import config_of, load_stage, read_checkpoint
 from cheers_pl.eval.distribution import evaluate_distribution, load_caption_pairs, skipped
 from cheers_pl.eval.generation import evaluate_generation, tile, to_uint8
 from cheers_pl.eval.geneval_prompts import load_prompts, make_prompts, save_prompts
-from cheers_pl.eval.reconstruction import photo_images, reconstruction_scores
+from cheers_pl.eval.reconstruction import PHOTO_NAMES, photo_images, reconstruction_scores
 from cheers_pl.eval.report import sha256_file, write_report
 from cheers_pl.eval.understanding import load_vqa_items, run_vqa
 
@@ -55,6 +55,7 @@ class EvaluateArgs:
     max_vqa: int = 256  # questions
     max_new_tokens: int = 8
     max_recon: int = 64  # synthetic scenes for the reconstruction metrics
+    num_photos: int = len(PHOTO_NAMES)  # scikit-image photos (two 64×64 views each) for the reconstruction metrics
     split: str = "test"  # held-out split for VQA, reconstruction and FID/CLIP real images
     batch_size: int = 16
     sections: list[str] = field(
@@ -64,7 +65,15 @@ class EvaluateArgs:
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("per_category", "images_per_prompt", "max_vqa", "max_new_tokens", "max_recon", "batch_size"):
+        for name in (
+            "per_category",
+            "images_per_prompt",
+            "max_vqa",
+            "max_new_tokens",
+            "max_recon",
+            "num_photos",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.seeds:
@@ -138,7 +147,7 @@ def _understanding(stage: Any, cfg: Any, args: EvaluateArgs) -> dict[str, Any]:
 def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict[str, Any]:
     tok = stage.model.tokenizer
     scenes, _ = load_caption_pairs(cfg.data.shards(args.split), cfg.data.image_size, args.max_recon)
-    photos, photo_names = photo_images(cfg.data.image_size)
+    photos, photo_names = photo_images(cfg.data.image_size, PHOTO_NAMES[: args.num_photos])
     section: dict[str, Any] = {"grids": {}}
     for name, images in (("synthetic", scenes if len(scenes) else None), ("photos", photos)):
         if images is None:
@@ -146,7 +155,7 @@ def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict
         section[name], first = reconstruction_scores(tok, images, batch_size=args.batch_size)
         rows = [
             [to_uint8(x[:NUM_GRID_IMAGES])[k].permute(1, 2, 0).numpy() for x in (images, *first.values())]
-            for k in range(min(NUM_GRID_IMAGES, len(images)))
+            for k in range(min(NUM_GRID_IMAGES, len(next(iter(first.values())))))
         ]
         Image.fromarray(tile(rows)).save(out / f"reconstruction_{name}.png")
         section["grids"][name] = f"reconstruction_{name}.png"
