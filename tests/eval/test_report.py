@@ -1,0 +1,120 @@
+"""Tests of the report writer and of the VQA / generation-grid pieces it renders."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cheers_pl.data.synthetic_scene import SyntheticConfig
+from cheers_pl.eval.generation import tile, write_category_grids
+from cheers_pl.eval.geneval_prompts import make_prompts
+from cheers_pl.eval.report import PROTOCOL_KEYS, SECTIONS, render_markdown, sha256_file, write_report
+from cheers_pl.eval.understanding import VQAItem, run_vqa
+
+
+def _report() -> dict:
+    protocol = {k: f"<{k}>" for k in PROTOCOL_KEYS}
+    return {
+        "protocol": {**protocol, "seeds": [0, 1], "guidance_scale": 3.0},
+        "generation": {
+            "scores": {"counting": 0.5, "overall": 0.25},
+            "counts": {"counting": [1, 2]},
+            "protocol": {"prompts_file_sha256": "abc123", "num_steps": 4, "alpha": 0.5},
+            "grids": {"counting": {"file": "samples_counting.png", "prompts": ["three objects: three circles"]}},
+        },
+        "understanding": {"skipped": "stage 'tokenizer' has no answer"},
+        "reconstruction": {
+            "synthetic": {"vae": {"psnr": 31.25, "ssim": 0.9, "detail_error": 0.2}},
+            "protocol": {"split": "test"},
+        },
+        "distribution": {"fid": {"value": 12.5, "protocol": {"feature": "semantic"}}, "clip_score": {"skipped": "x"}},
+    }
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 5000
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_markdown_renders_numbers_protocols_and_skips() -> None:
+    md = render_markdown(_report())
+    for text in (
+        "abc123",
+        "| counting | 0.5000 | 1/2 |",
+        "31.2500",
+        "Skipped: stage 'tokenizer' has no answer",
+        "fid: **12.5000**",
+        "clip_score: skipped — x",
+        "feature: `semantic`",
+        "![counting](samples_counting.png)",
+        "seeds: `0, 1`",
+        "<checkpoint_sha256>",
+    ):
+        assert text in md, text
+
+
+def test_write_report_json_md_and_manifest(tmp_path: Path) -> None:
+    (tmp_path / "samples_counting.png").write_bytes(b"png")
+    paths = write_report(_report(), tmp_path)
+    assert json.loads(paths["report_json"].read_text()) == _report()
+    manifest = json.loads(paths["manifest"].read_text())
+    assert set(manifest["files"]) == {"report.json", "report.md", "samples_counting.png"}
+    assert manifest["files"]["samples_counting.png"] == {"bytes": 3, "sha256": hashlib.sha256(b"png").hexdigest()}
+    assert manifest["protocol"] == {k: f"<{k}>" for k in PROTOCOL_KEYS}
+
+
+@pytest.mark.parametrize("drop", ["checkpoint_sha256", "split", *SECTIONS])
+def test_write_report_rejects_a_missing_field(tmp_path: Path, drop: str) -> None:
+    report = _report()
+    report["protocol"].pop(drop, None)
+    report.pop(drop, None)
+    with pytest.raises(ValueError, match=drop):
+        write_report(report, tmp_path)
+
+
+def _items() -> list[VQAItem]:
+    img = torch.zeros(3, 8, 8)
+    rows = [("count", "three", True), ("count", "two", False), ("color", "red", True), ("digit", "7", False)]
+    return [VQAItem(f"k{i}", img, f"q{i}?", a, c, h) for i, (c, a, h) in enumerate(rows)]
+
+
+def test_run_vqa_scores_per_category_group_and_overall() -> None:
+    items = _items()
+    oracle = run_vqa(lambda images, qs: [items[int(q[1:-1])].answer.upper() + "." for q in qs], items, batch_size=3)
+    assert oracle["scores"] == {
+        "count": 1.0,
+        "color": 1.0,
+        "digit": 1.0,
+        "overall": 1.0,
+        "held_out": 1.0,
+        "in_distribution": 1.0,
+    }
+    three = run_vqa(lambda images, qs: ["three"] * len(qs), items, batch_size=2)
+    assert three["scores"]["count"] == 0.5 and three["scores"]["color"] == 0.0 and three["scores"]["overall"] == 0.25
+    assert three["scores"]["held_out"] == 0.5 and three["scores"]["in_distribution"] == 0.0
+    assert three["counts"]["overall"] == [1, 4] and three["examples"][0]["correct"] is True
+    with pytest.raises(ValueError, match="answers"):
+        run_vqa(lambda images, qs: ["x"], items, batch_size=2)
+
+
+def test_category_grids_follow_the_generation_order(tmp_path: Path) -> None:
+    prompts = make_prompts(SyntheticConfig(), 1)[:2]
+    k, num_seeds = 2, 2
+    # image value = its generation index (seed-major, then prompt, then image)
+    images = [np.full((4, 4, 3), i, dtype=np.uint8) for i in range(len(prompts) * k * num_seeds)]
+    grids = write_category_grids(images, prompts, k, num_seeds, tmp_path)
+    assert list(grids) == [prompts[0].category, prompts[1].category]
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tmp_path / grids[prompts[1].category]["file"]))
+    assert grid.shape == (4 + 4, 4 * (4 + 2) + 2, 3)
+    cells = [int(grid[2, 2 + j * 6, 0]) for j in range(4)]
+    assert cells == [2, 3, 6, 7]  # prompt 1: seed 0 images 2, 3 then seed 1 images 6, 7
+    with pytest.raises(ValueError, match="expected"):
+        write_category_grids(images[:-1], prompts, k, num_seeds, tmp_path)
+    assert tile([[images[0]], [images[1], images[2]]]).shape == (2 * 6 + 2, 2 * 6 + 2, 3)
