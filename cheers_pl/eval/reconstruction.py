@@ -10,7 +10,8 @@ Metrics are per image on [0, 1] pixels (clamped), then averaged:
 - detail error, a high-frequency spectral error: with F the orthonormal 2-D DFT of each channel and H the band of
   spatial frequencies whose radius exceeds `DETAIL_CUTOFF` × Nyquist (|f| > 0.25 cycles/pixel by default),
   `detail_error = ‖H·(F x̂ − F x)‖₂ / (‖H·F x‖₂ + ε)` over the three channels. It is 0 for a perfect
-  reconstruction, about 1 when all fine detail is lost (a flat or strongly blurred x̂), and it grows strictly with
+  reconstruction, 1 when all fine detail is lost (a flat or strongly blurred x̂), above 1 when x̂ adds spurious
+  high-frequency content (e.g. an untrained decoder's noise), and it grows strictly with
   the σ of a Gaussian blur, which damps every frequency more the larger σ is. It isolates what PSNR averages away:
   edges, textures and glyph strokes, the "patch details" that Cheers routes around the semantic encoder.
 
