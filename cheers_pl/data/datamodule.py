@@ -3,6 +3,12 @@
 Training streams are resampled and infinite (an epoch is whatever `max_steps` says); validation and test streams
 are finite and partitioned exactly across ranks and DataLoader workers. Bad samples are skipped, logged and counted
 (`Batch.events`), never fatal.
+
+Exact resume: the DataModule's checkpoint state holds the number of training batches consumed and every rank's RNG
+states (torch, CUDA, numpy, python) at save time. On resume each worker stream replays and drops its share of the
+consumed batches (the streams are seeded, so the position is reproduced exactly; replaying costs decoding time), and
+the RNG states are restored just before the first training batch, after the DataLoader has drawn its worker seeds,
+so flow times, noise and guidance dropout continue as in the uninterrupted run.
 """
 
 import functools
@@ -13,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from cheers_pl.data.batch import Example, collate
+from cheers_pl.data.batch import Batch, Example, collate
 from cheers_pl.data.processing import SequenceBuilder
 from cheers_pl.data.synthetic import SyntheticConfig
 from cheers_pl.data.tasks import ExampleFactory, TaskWeights
@@ -70,6 +77,28 @@ class DataConfig:
         return self.text_tokenizer if self.text_tokenizer is not None else str(Path(self.shard_dir) / "tokenizer")
 
 
+def rng_states() -> dict:
+    """The torch, CUDA, numpy and python RNG states as tensors and plain types (loadable with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Restores what `rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 class ExampleStream(IterableDataset):
     """One split as a stream of `Example`s for one rank; each DataLoader worker reads its own part."""
 
@@ -83,9 +112,12 @@ class ExampleStream(IterableDataset):
         resampled: bool,
         shuffle_buffer: int,
         seed: int,
+        skip_batches: int = 0,
+        batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.urls, self.factory = urls, factory
+        self.skip_batches, self.batch_size = skip_batches, batch_size
         self.rank, self.world_size, self.resampled = rank, world_size, resampled
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.counter = EventCounter()
@@ -101,6 +133,9 @@ class ExampleStream(IterableDataset):
         if self.shuffle_buffer > 1:
             shuffle_rng = random.Random(f"{self.seed}/{self.rank}/{worker}/shuffle")
             stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 4, rng=shuffle_rng)(stream)
+        num_workers = 1 if info is None else info.num_workers
+        # the DataLoader takes batches round-robin from its workers: this worker made every num_workers-th one
+        to_skip = len(range(worker, self.skip_batches, num_workers)) * self.batch_size
         for raw in stream:
             try:
                 example = self.factory(raw, rng, self.counter)
@@ -108,6 +143,9 @@ class ExampleStream(IterableDataset):
                 self.counter.add(f"skip/{skip.reason}", str(skip))
                 continue
             example.events = self.counter.drain()
+            if to_skip:  # consumed before the checkpoint this run resumes from
+                to_skip -= 1
+                continue
             yield example
         trailing = self.counter.drain()  # nothing follows to carry them: log them with the worker's totals
         if trailing:
@@ -123,6 +161,8 @@ class CheersDataModule(L.LightningDataModule):
         self.cfg = cfg
         self._rank, self._world_size = rank, world_size
         self.tokenizer = None
+        self.train_batches = 0  # training batches handed to the model so far (resume position)
+        self._pending_rng: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
@@ -156,6 +196,8 @@ class CheersDataModule(L.LightningDataModule):
             resampled=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0,
             seed=self.cfg.seed,
+            skip_batches=self.train_batches if train else 0,
+            batch_size=self.cfg.batch_size,
         )
 
     def _loader(self, split: str) -> DataLoader:
@@ -178,3 +220,30 @@ class CheersDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    # ---- exact resume (Lightning saves/restores this with every checkpoint) ----
+
+    def state_dict(self) -> dict:
+        """Training batches consumed and each rank's RNG states (gathered: every rank calls this on save)."""
+        states = [rng_states()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_states())
+        return {"train_batches": self.train_batches, "rng": states}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_batches = int(state["train_batches"])
+        states = state.get("rng") or []
+        if len(states) == self.world_size:
+            self._pending_rng = states[self.rank]
+        else:
+            log.warning("data: checkpoint has RNG states of %d ranks, this run has %d: RNG not restored (data "
+                        "position is)", len(states), self.world_size)  # fmt: skip
+
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches += 1
+            if self._pending_rng is not None:
+                set_rng_states(self._pending_rng)
+                self._pending_rng = None
+        return batch
