@@ -16,6 +16,7 @@ from cheers_pl.callbacks.data_events import DataEventsCallback
 from cheers_pl.config import ExperimentConfig, save_config
 from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.stage import build_stage
+from cheers_pl.strategies import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def build_trainer(cfg: ExperimentConfig, extra_callbacks: list[L.Callback] | Non
         *(extra_callbacks or []),
     ]
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
-    return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **cfg.trainer.kwargs())
+    return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **trainer_kwargs(cfg.trainer))
 
 
 def run(cfg: ExperimentConfig) -> dict:

@@ -74,7 +74,6 @@ def test_both_ranks_train_on_disjoint_data_and_stay_in_sync(ranks: list[dict]) -
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="MultimodalStage.training_step logs train/* without sync_dist=True")
 def test_logged_loss_is_the_mean_over_ranks(ranks: list[dict]) -> None:
     r0, r1 = ranks
     assert r0["logged"] == pytest.approx(r1["logged"])

@@ -103,7 +103,9 @@ class MultimodalStage(StageModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch, self._drop_condition(batch), self._flow_times(batch))
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch))
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch), sync_dist=True
+        )
         return losses["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _generation_fakes import FakeStage, make_data, make_trainer
 
 from cheers_pl.callbacks.clip_score import CLIPScoreCallback, CLIPScoreConfig, ContrastiveCLIPScore, local_clip_score
 from cheers_pl.callbacks.common import to_uint8
+from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 
 def _validate(tmp_path, stage: FakeStage, loader, **cfg) -> float:

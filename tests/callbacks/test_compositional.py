@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from _generation_fakes import FakeGeneration, make_batch, make_trainer
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
@@ -11,6 +10,7 @@ from cheers_pl.callbacks.compositional import CompositionalCallback, Composition
 from cheers_pl.data.synthetic import render
 from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.eval.geneval import CATEGORIES, ground_truth_scene, make_prompts, prompts_hash, save_prompts
+from tests.callbacks._generation_fakes import FakeGeneration, make_batch, make_trainer
 
 
 class RenderingStage(LightningModule):

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from _generation_fakes import FakeStage, make_data, make_trainer
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
 from cheers_pl.callbacks.fid import FIDCallback, FIDConfig
+from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 
 def _run(tmp_path, shift: float, num_images: int = 24, **cfg) -> tuple[FakeStage, float, FIDCallback]:

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from _generation_fakes import FakeStage, make_data, make_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +15,7 @@ from cheers_pl.callbacks.image_samples import (
     figure_to_array,
     render_gate_heatmap,
 )
+from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 
 def _stage(prompts: list[str]) -> FakeStage:

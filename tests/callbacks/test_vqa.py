@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from _generation_fakes import make_batch, make_trainer
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
 from cheers_pl.callbacks.vqa import VQACallback, VQAConfig, exact_match_by_category, normalize_answer
+from tests.callbacks._generation_fakes import make_batch, make_trainer
 
 ROWS = [  # (task, question, answer, category)
     (0, "how many objects are there?", "three", "count"),
