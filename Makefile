@@ -50,7 +50,7 @@ ablate: install ## the paper's ablations at an equal budget -> Markdown table + 
 	@echo "ablate: not implemented yet"; exit 1
 
 bench: install ## speed / memory benchmarks -> bench.json + bench.md
-	@echo "bench: not implemented yet"; exit 1
+	$(PY) -m cheers_pl bench $(ARGS)
 
 tensorboard: install ## serve the TensorBoard logs under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cheers_pl.bench.args import BenchArgs
 from cheers_pl.config import ExperimentConfig, compose
 from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
@@ -69,6 +70,12 @@ def _evaluate(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(args)
 
 
+def _bench(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.bench.run import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
     "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
@@ -76,6 +83,7 @@ COMMANDS: dict[str, Command] = {
     "answer": Command(_answer, "answer a question about an image: ckpt=... image=... question=...", AnswerArgs, False),
     "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
     "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
+    "bench": Command(_bench, "speed/memory benchmarks -> bench.json + bench.md [quick=true]", BenchArgs, False),
 }
 
 

@@ -27,7 +27,7 @@ def bench_stage(
     overrides: tuple[str, ...] = (),
 ) -> dict:
     """Throughput of one stage at one preset (see the module docstring); `overrides` go to its experiment."""
-    cfg = experiment_config(preset, stage_name, [f"data.batch_size={batch_size}", *overrides])
+    cfg = experiment_config(preset, stage_name, [*overrides, f"data.batch_size={batch_size}"])
     stage = build_stage(cfg).to(device).train()
     batch = first_batch(cfg, device)
     optimizer, _ = build_optimizer(stage.trainable_parameters(), cfg.stage.optim, total_steps=1000)
