@@ -3,7 +3,9 @@
 Cheers compresses the semantic grid 2×2 before the LLM (4× fewer tokens, DESIGN.md §1.1 step 5). This measures
 what that buys in the LLM itself: one sequence = a text prompt + one bidirectional image block of (g/f)² tokens,
 for semantic grids g = 16 (256² at patch 16) and g = 32 (512²), with the same LLM widths. The loss is the mean
-square of the final hidden states (no LM head: image positions are never text targets).
+square of the final hidden states (no LM head: image positions are never text targets). The prompt is part of every
+sequence, so the sequence shrinks by (P + g²)/(P + g²/f²) < f²: `seq_ratio` in the results is that bound for
+linear-in-length costs.
 
 Shape legend: B batch, L = prompt + N image tokens, D LLM width.
 """
@@ -108,6 +110,7 @@ def bench_compression(
                     "baseline_factor": base["factor"],
                     "factor": c["factor"],
                     "token_ratio": base["image_tokens"] / c["image_tokens"],
+                    "seq_ratio": base["seq_len"] / c["seq_len"],
                     "time_ratio": ratio(base["time_per_image_s"], c["time_per_image_s"]),
                     "flops_ratio": ratio(base["flops_per_image"], c["flops_per_image"]),
                     "memory_ratio": ratio(base["memory_per_image_bytes"], c["memory_per_image_bytes"]),

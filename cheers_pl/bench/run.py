@@ -86,7 +86,8 @@ def _run(args: BenchArgs, threads: int) -> dict:
     }
     results["machine"] = machine_section(dev, plan["peak_size"], rep, warm)
     results["machine"]["torch_threads"] = threads
-    peak_fp32 = results["machine"]["matmul_peak"]["fp32"]["flop_per_s"]
+    machine = results["machine"]
+    peak_fp32 = max(machine["matmul_peak"]["fp32"]["flop_per_s"], machine["conv_peak_fp32"]["flop_per_s"])
     cfg = experiment_config(plan["preset"], "generation")
     notes = [f"torch intra-op threads: {threads} (threads={args.threads}; 0 = auto)."]
     wall: dict[str, float] = {}

@@ -2,8 +2,8 @@
 
 One training step = the stage's own `training_step` (its loss on a real batch of its experiment's data mixture),
 backward, and an AdamW step over the declared trainable parameters. FLOPs of forward + backward are counted by
-`FlopCounterMode` (optimizer FLOPs are not matmuls and are left out); MFU = achieved FLOP/s ÷ the fp32 matmul peak
-measured in the same run (training runs in fp32, as `conf/trainer/cpu.yaml`).
+`FlopCounterMode` (optimizer FLOPs are not matmuls and are left out); MFU = achieved FLOP/s ÷ the fp32 peak measured
+in the same run, the larger of the matmul and the 3×3 conv peak (training runs in fp32, as `conf/trainer/cpu.yaml`).
 """
 
 import warnings
@@ -72,7 +72,7 @@ def bench_throughput(
     device: str = "cpu",
     overrides: tuple[str, ...] = (),
 ) -> dict:
-    """`bench_stage` for every preset × stage; MFU against `peak_flop_per_s` (the fp32 matmul peak)."""
+    """`bench_stage` for every preset × stage; MFU against `peak_flop_per_s` (the fp32 peak)."""
     rows = []
     for preset in presets:
         for stage_name in stages:
