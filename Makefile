@@ -28,8 +28,17 @@ test: install ## run the test suite (fast and slow; GPU tests skip without a GPU
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check cheers_pl tests && $(VENV)/bin/ruff format --check cheers_pl tests
 
+DEMO_REPORT ?= runs/demo/report
+DEMO_TRAIN_ARGS ?=
+DEMO_EVAL_ARGS ?=
+
 demo: install ## the main job: shards -> tokenizer -> align -> generation -> evaluate -> report (tiny, CPU)
-	@echo "demo: not implemented yet (needs the stages and the evaluation suite)"; exit 1
+	$(MAKE) --no-print-directory data-synthetic ARGS=
+	$(MAKE) --no-print-directory train-tokenizer ARGS="$(DEMO_TRAIN_ARGS)"
+	$(MAKE) --no-print-directory train-align ARGS="$(DEMO_TRAIN_ARGS)"
+	$(MAKE) --no-print-directory train-generation ARGS="$(DEMO_TRAIN_ARGS)"
+	$(PY) -m cheers_pl evaluate ckpt=runs/tiny_generation/checkpoints/last.ckpt out_dir=$(DEMO_REPORT) $(DEMO_EVAL_ARGS)
+	@echo "demo report: $(DEMO_REPORT)/report.md (TensorBoard: make tensorboard)"
 
 data-synthetic: install ## write the synthetic world as train/val/test shards + manifest (EXP=tiny_data)
 	$(PY) -m cheers_pl make-shards experiment=$(or $(EXP),tiny_data) $(ARGS)
@@ -46,8 +55,8 @@ train-generation: install ## stage 3: joint cascaded generation (EXP=tiny_genera
 evaluate: install ## GenEval-style, VQA and reconstruction evaluation of a checkpoint (ARGS="ckpt=...")
 	$(PY) -m cheers_pl evaluate $(ARGS)
 
-ablate: install ## the paper's ablations at an equal budget -> Markdown table + plot
-	@echo "ablate: not implemented yet"; exit 1
+ablate: install ## the paper's ablations at an equal budget -> runs/ablations/ablations.md + .png (needs train-tokenizer)
+	$(PY) -m cheers_pl ablate $(ARGS)
 
 bench: install ## speed / memory benchmarks -> bench.json + bench.md
 	$(PY) -m cheers_pl bench $(ARGS)

@@ -15,8 +15,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cheers_pl.ablate import AblateArgs
 from cheers_pl.bench.args import BenchArgs
 from cheers_pl.config import ExperimentConfig, compose
+from cheers_pl.data.stats import DataStatsArgs
 from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
 from cheers_pl.sample import AnswerArgs, SampleArgs
@@ -64,6 +66,19 @@ def _inspect(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(cfg, args)
 
 
+def _ablate(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.ablate import run
+
+    return run(args)
+
+
+def _data_stats(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.data.stats import run
+
+    assert cfg is not None
+    return run(cfg, args)
+
+
 def _evaluate(cfg: ExperimentConfig | None, args: Any) -> dict:
     from cheers_pl.evaluate import run
 
@@ -78,11 +93,13 @@ def _bench(cfg: ExperimentConfig | None, args: Any) -> dict:
 
 COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
+    "data-stats": Command(_data_stats, "task/skip counts and samples/s over num_samples=2000", DataStatsArgs),
     "train": Command(_train, "train the stage of an experiment (tiny preset on CPU in minutes)"),
     "inspect": Command(_inspect, "parameters per component and tokens per image (meta device)", InspectArgs),
     "answer": Command(_answer, "answer a question about an image: ckpt=... image=... question=...", AnswerArgs, False),
     "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
     "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
+    "ablate": Command(_ablate, "paper ablations at an equal budget -> table + plot", AblateArgs, False),
     "bench": Command(_bench, "speed/memory benchmarks -> bench.json + bench.md [quick=true]", BenchArgs, False),
 }
 
