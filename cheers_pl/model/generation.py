@@ -143,7 +143,13 @@ class PromptVelocity:
                 f"but the velocity function was built for {self.num_prompts} prompts"
             )
         tokenizer = self.model.tokenizer
-        tokens_KND, detail_KMC = tokenizer.tokenize(z_t_KPhw)
+        if self.guided:
+            # `guided_velocity` passes [z_t; z_t]: tokenise (D → encoder → projector) once and share it, which halves
+            # the dominant cost of a guided step
+            tokens_BND, detail_BMC = tokenizer.tokenize(z_t_KPhw[: self.num_prompts])
+            tokens_KND, detail_KMC = torch.cat([tokens_BND, tokens_BND]), torch.cat([detail_BMC, detail_BMC])
+        else:
+            tokens_KND, detail_KMC = tokenizer.tokenize(z_t_KPhw)
         hidden_KND = self._image_hidden(tokens_KND)
         v_KPhw, gate_KM = self.model.flow_head(
             hidden_KND, t_K, detail_KMC, tokenizer.grid_hw, return_gate=True
