@@ -47,9 +47,9 @@ def _plan(args: BenchArgs) -> dict:
     return {
         "preset": args.preset,
         "grids": (16, 32),
-        "steps": (4, 8, 16),
+        "steps": (2, 4, 8),
         "words": (8, 32, 128),
-        "sample_batch": 2,
+        "sample_batch": 1,
         "data_batches": 8,
         "data_batch": None,
         "presets": ("tiny", args.preset),
