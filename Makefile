@@ -31,13 +31,24 @@ lint: install ## ruff check + format check
 DEMO_REPORT ?= runs/demo/report
 DEMO_TRAIN_ARGS ?=
 DEMO_EVAL_ARGS ?=
+SHARDS := data/shards/synthetic/manifest.json
+TOKENIZER_CKPT := runs/tiny_tokenizer/checkpoints/last.ckpt
+ALIGN_CKPT := runs/tiny_align/checkpoints/last.ckpt
+GENERATION_CKPT := runs/tiny_generation/checkpoints/last.ckpt
 
-demo: install ## the main job: shards -> tokenizer -> align -> generation -> evaluate -> report (tiny, CPU)
-	$(MAKE) --no-print-directory data-synthetic ARGS=
-	$(MAKE) --no-print-directory train-tokenizer ARGS="$(DEMO_TRAIN_ARGS)"
-	$(MAKE) --no-print-directory train-align ARGS="$(DEMO_TRAIN_ARGS)"
-	$(MAKE) --no-print-directory train-generation ARGS="$(DEMO_TRAIN_ARGS)"
-	$(PY) -m cheers_pl evaluate ckpt=runs/tiny_generation/checkpoints/last.ckpt out_dir=$(DEMO_REPORT) $(DEMO_EVAL_ARGS)
+# The demo's steps are file targets: a stage whose checkpoint is newer than its input is not trained again
+# (`make clean` starts over).
+$(SHARDS): | $(VENV)/.installed
+	$(PY) -m cheers_pl make-shards experiment=tiny_data
+$(TOKENIZER_CKPT): $(SHARDS)
+	$(PY) -m cheers_pl train experiment=tiny_tokenizer $(DEMO_TRAIN_ARGS)
+$(ALIGN_CKPT): $(TOKENIZER_CKPT)
+	$(PY) -m cheers_pl train experiment=tiny_align $(DEMO_TRAIN_ARGS)
+$(GENERATION_CKPT): $(ALIGN_CKPT)
+	$(PY) -m cheers_pl train experiment=tiny_generation $(DEMO_TRAIN_ARGS)
+
+demo: install $(GENERATION_CKPT) ## the main job: shards -> tokenizer -> align -> generation -> evaluate -> report (tiny, CPU)
+	$(PY) -m cheers_pl evaluate ckpt=$(GENERATION_CKPT) out_dir=$(DEMO_REPORT) $(DEMO_EVAL_ARGS)
 	@echo "demo report: $(DEMO_REPORT)/report.md (TensorBoard: make tensorboard)"
 
 data-synthetic: install ## write the synthetic world as train/val/test shards + manifest (EXP=tiny_data)
