@@ -5,13 +5,8 @@ functions of the same model:
 - `cached_batched`: `PromptVelocity(use_cache=True)`, the production path: the prompt and its `<no_mean>` twin run
   once into a KV cache (included in the time), each step runs only the N image tokens, cond and uncond in one batch;
 - `uncached_batched`: `PromptVelocity(use_cache=False)`: whole sequence each step, cond and uncond batched;
-- `naive`: two separate un-cached passes per step (conditional, then the `<no_mean>` prompt), mixed here;
-- `cached_tokenize_once`: the production path, except that the current latent is tokenised once per step instead of
-  once per half of the guided batch (both halves see the same z_t): what `PromptVelocity` would cost with that change.
+- `naive`: two separate un-cached passes per step (conditional, then the `<no_mean>` prompt), mixed here.
 The ideal speed-up of KV reuse when the LLM dominates is (P + N)/N for P prompt and N image tokens.
-
-Shape legend: B prompts, K = B or 2B rows (guided), N LLM image tokens of width D, M semantic tokens of width C,
-P/h/w latent channels and grid.
 """
 
 import functools
@@ -25,25 +20,13 @@ from cheers_pl.model.cheers import CheersModel
 from cheers_pl.model.generation import PromptVelocity, blank_prompt
 from cheers_pl.objective.sampling import initial_noise, solve
 
-METHODS = ("cached_batched", "cached_tokenize_once", "uncached_batched", "naive")
+METHODS = ("cached_batched", "uncached_batched", "naive")
 _WORDS = "a small red circle left of a large blue square with stripes and two green triangles".split()
 
 
 def make_prompt(num_words: int) -> str:
     """A synthetic-world-like prompt of `num_words` words (the word list repeated)."""
     return " ".join(_WORDS[i % len(_WORDS)] for i in range(num_words))
-
-
-class TokenizeOncePromptVelocity(PromptVelocity):
-    """`PromptVelocity` that tokenises the shared z_t of the guided batch `[z; z]` once, for both halves."""
-
-    def _batched(self, z_t_KPhw: torch.Tensor, t_K: torch.Tensor) -> torch.Tensor:
-        tokenizer = self.model.tokenizer
-        repeat = 2 if self.guided else 1
-        tokens_BND, detail_BMC = tokenizer.tokenize(z_t_KPhw[: self.num_prompts])
-        tokens_KND, detail_KMC = tokens_BND.repeat(repeat, 1, 1), detail_BMC.repeat(repeat, 1, 1)
-        hidden_KND = self._image_hidden(tokens_KND)
-        return self.model.flow_head(hidden_KND, t_K, detail_KMC, tokenizer.grid_hw)
 
 
 def naive_velocity(model: CheersModel, prompts: list[str], guidance_scale: float) -> Callable:
@@ -65,8 +48,6 @@ def naive_velocity(model: CheersModel, prompts: list[str], guidance_scale: float
 def _sample(model: CheersModel, method: str, prompts: list[str], steps: int, guidance_scale: float) -> torch.Tensor:
     if method == "naive":
         fn = naive_velocity(model, prompts, guidance_scale)
-    elif method == "cached_tokenize_once":
-        fn = TokenizeOncePromptVelocity(model, prompts, guidance_scale)
     else:
         fn = PromptVelocity(model, prompts, guidance_scale, use_cache=method == "cached_batched")
     h, w = model.tokenizer.semantic_grid_hw
@@ -109,11 +90,6 @@ def bench_sampling(
             model, "naive", prompts, steps, guidance_scale
         )
         case["max_abs_diff_cached_vs_naive"] = float(diff.abs().max())
-        once = _sample(model, "cached_tokenize_once", prompts, steps, guidance_scale)
-        case["max_abs_diff_tokenize_once"] = float(
-            (once - _sample(model, "cached_batched", prompts, steps, guidance_scale)).abs().max()
-        )
-        case["speedup_tokenize_once"] = ratio(case["naive_per_image_s"], case["cached_tokenize_once_per_image_s"])
         case["speedup"] = ratio(case["naive_per_image_s"], case["cached_batched_per_image_s"])
         case["speedup_kv_only"] = ratio(case["uncached_batched_per_image_s"], case["cached_batched_per_image_s"])
         case["ideal_speedup"] = (p + n) / n
