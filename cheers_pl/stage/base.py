@@ -6,6 +6,7 @@ over) with objectives, sums and logs losses, and declares what trains by glob pa
 
 import fnmatch
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -27,6 +28,7 @@ class StageConfig:
     name: str = "???"  # picks the stage (and this schema) from the registry in cheers_pl/stage/__init__.py
     trainable: list[str] = field(default_factory=list)  # globs over parameter names, e.g. "model.llm.*"
     init_from: str | None = None  # a previous stage's checkpoint: only its `model.*` weights are loaded
+    init_shape_mismatch: str = "error"  # "error", or "skip" (keep this model's init for tensors whose shape changed)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -45,15 +47,24 @@ def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
     return chosen
 
 
-def load_model_weights(module: nn.Module, path: str) -> dict[str, list[str]]:
-    """Loads the `model.*` weights of a checkpoint into `module` (strict on shapes, lenient on missing keys).
+def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "error") -> dict[str, list[str]]:
+    """Loads the `model.*` weights of a checkpoint into `module` (lenient on missing keys).
+
+    Args:
+        module: the stage.
+        path: the checkpoint.
+        shape_mismatch: "error", or "skip" to keep the module's own tensor where the shape changed (an ablation
+            that changes a component's geometry, e.g. no token compression).
 
     Returns:
-        The `loaded`, `missing` (in module, not in checkpoint) and `unexpected` (in checkpoint only) keys.
+        The `loaded`, `missing` (in module, not in checkpoint), `unexpected` (in checkpoint only) and `skipped`
+        (shape changed) keys.
 
     Raises:
         ValueError: unreadable checkpoint, no `model.*` key in common, or a shape mismatch (naming the key).
     """
+    if shape_mismatch not in ("error", "skip"):
+        raise ValueError(f"stage.init_shape_mismatch must be 'error' or 'skip', got {shape_mismatch!r}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as err:
@@ -63,15 +74,25 @@ def load_model_weights(module: nn.Module, path: str) -> dict[str, list[str]]:
     common = [k for k in state if k in own]
     if not common:
         raise ValueError(f"stage.init_from={path!r}: no `model.*` weight matches this stage's model")
-    for k in common:
-        if state[k].shape != own[k].shape:
-            raise ValueError(f"stage.init_from: {k} has shape {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
+    skipped = [k for k in common if state[k].shape != own[k].shape]
+    if skipped and shape_mismatch == "error":
+        k = skipped[0]
+        raise ValueError(
+            f"stage.init_from: {k} has shape {tuple(state[k].shape)}, model has {tuple(own[k].shape)} "
+            "(stage.init_shape_mismatch=skip keeps the new init for such tensors)"
+        )
+    if skipped:
+        warnings.warn(
+            f"stage.init_from: {len(skipped)} tensors changed shape and keep their init: {skipped[:4]}", stacklevel=2
+        )
+    common = [k for k in common if k not in skipped]
     module.load_state_dict({k: state[k] for k in common}, strict=False)
     own_model = [k for k in own if k.startswith("model.")]
     return {
         "loaded": common,
         "missing": [k for k in own_model if k not in state],
         "unexpected": [k for k in state if k not in own],
+        "skipped": skipped,
     }
 
 
@@ -87,7 +108,7 @@ class StageModule(L.LightningModule):
         """Freezes everything, then unfreezes the declared globs and loads `init_from` (call at the end of
         the subclass's __init__)."""
         if self.stage_cfg.init_from:
-            report = load_model_weights(self, self.stage_cfg.init_from)
+            report = load_model_weights(self, self.stage_cfg.init_from, self.stage_cfg.init_shape_mismatch)
             log.info(
                 "init_from %s: %d tensors loaded, %d missing (new here), %d unused",
                 self.stage_cfg.init_from,

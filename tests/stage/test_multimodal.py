@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from cheers_pl.data.datamodule import CheersDataModule
@@ -110,3 +111,17 @@ def test_public_methods(make_cfg) -> None:
     assert stage.semantic_features(out.images).shape == (2, 64)
     img, txt = stage.contrastive_embed(out.images, ["a red circle", "a blue square"])
     assert img.shape == txt.shape == (2, 64)
+
+
+def test_init_from_shape_mismatch_is_an_error_unless_skipped(make_cfg, tmp_path: Path) -> None:
+    source = build_stage(make_cfg("tiny_align"))
+    path = tmp_path / "tok.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    variant = ("model.tokenizer.compression=1", "data.num_image_tokens=64", "data.max_seq_len=192")
+    variant = (*variant, f"stage.init_from={path}")
+    with pytest.raises(ValueError, match="compressor"):
+        build_stage(make_cfg("tiny_align", *variant))
+    with pytest.warns(UserWarning, match="changed shape"):
+        stage = build_stage(make_cfg("tiny_align", "stage.init_shape_mismatch=skip", *variant))
+    own, src = stage.state_dict(), source.state_dict()
+    assert torch.equal(own["model.llm.hf.model.norm.weight"], src["model.llm.hf.model.norm.weight"])
