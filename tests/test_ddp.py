@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 STEPS = 3
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import json, sys
     import lightning as L
     from cheers_pl import train
@@ -43,7 +43,7 @@ DRIVER = textwrap.dedent('''
     build = train.build_trainer
     train.build_trainer = lambda c: build(c, [Recorder()])
     train.run(cfg)
-''')
+""")
 
 
 @pytest.fixture(scope="module")

@@ -59,8 +59,19 @@ class FlowHeadConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("llm_dim", "sem_dim", "latent_dim", "shuffle_factor", "stage1_depth", "stage2_depth",
-                     "stage1_heads", "stage1_kv_heads", "stage2_heads", "stage2_kv_heads", "time_freq_dim"):
+        for name in (
+            "llm_dim",
+            "sem_dim",
+            "latent_dim",
+            "shuffle_factor",
+            "stage1_depth",
+            "stage2_depth",
+            "stage1_heads",
+            "stage1_kv_heads",
+            "stage2_heads",
+            "stage2_kv_heads",
+            "time_freq_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"FlowHeadConfig.{name} must be positive, got {getattr(self, name)}")
         for stage, dim in (("stage1", self.llm_dim), ("stage2", self.sem_dim)):
@@ -130,8 +141,17 @@ class DiTStage(nn.Module):
     """A stack of DiT blocks sharing one 1-D RoPE (positions 0..N−1, any grid), then a final layer."""
 
     def __init__(
-        self, dim: int, depth: int, num_heads: int, num_kv_heads: int, mlp_dim: int, out_dim: int,
-        rope_theta: float, qkv_bias: bool, eps: float, zero_init_out: bool,
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_kv_heads: int,
+        mlp_dim: int,
+        out_dim: int,
+        rope_theta: float,
+        qkv_bias: bool,
+        eps: float,
+        zero_init_out: bool,
     ) -> None:
         super().__init__()
         self.rope = RotaryEmbedding1D(dim // num_heads, rope_theta)
@@ -186,13 +206,29 @@ class FlowHead(nn.Module):
         f2 = cfg.shuffle_factor**2
         self.time_embed1 = TimestepEmbedder(cfg.llm_dim, cfg.time_freq_dim)
         self.stage1 = DiTStage(
-            cfg.llm_dim, cfg.stage1_depth, cfg.stage1_heads, cfg.stage1_kv_heads, cfg.mlp_dim(1), f2 * cfg.sem_dim,
-            cfg.rope_theta, cfg.qkv_bias, cfg.norm_eps, zero_init_out=False,
+            cfg.llm_dim,
+            cfg.stage1_depth,
+            cfg.stage1_heads,
+            cfg.stage1_kv_heads,
+            cfg.mlp_dim(1),
+            f2 * cfg.sem_dim,
+            cfg.rope_theta,
+            cfg.qkv_bias,
+            cfg.norm_eps,
+            zero_init_out=False,
         )
         self.time_embed2 = TimestepEmbedder(cfg.sem_dim, cfg.time_freq_dim)
         self.stage2 = DiTStage(
-            cfg.sem_dim, cfg.stage2_depth, cfg.stage2_heads, cfg.stage2_kv_heads, cfg.mlp_dim(2), cfg.latent_dim,
-            cfg.rope_theta, cfg.qkv_bias, cfg.norm_eps, zero_init_out=True,
+            cfg.sem_dim,
+            cfg.stage2_depth,
+            cfg.stage2_heads,
+            cfg.stage2_kv_heads,
+            cfg.mlp_dim(2),
+            cfg.latent_dim,
+            cfg.rope_theta,
+            cfg.qkv_bias,
+            cfg.norm_eps,
+            zero_init_out=True,
         )
         self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate, cfg.norm_eps)
 

@@ -111,8 +111,11 @@ class PromptVelocity:
         if use_cache:
             prompt_blocks = self.block_ids[:, : self.prompt_len]
             out = model.llm(
-                self.prompt_embeds, block_causal_mask(prompt_blocks, pad), positions_from_padding(pad),
-                use_cache=True, compute_logits=False,
+                self.prompt_embeds,
+                block_causal_mask(prompt_blocks, pad),
+                positions_from_padding(pad),
+                use_cache=True,
+                compute_logits=False,
             )
             self.cache = out.past_key_values
         self._fn = guided_velocity(self._batched, guidance_scale) if self.guided else self._batched
@@ -129,8 +132,13 @@ class PromptVelocity:
         mask = block_causal_mask(self.block_ids, self.full_pad_mask, query_offset=self.prompt_len)
         positions = next_positions(self.pad_mask, n)
         try:
-            out = llm(tokens_KND.to(self.prompt_embeds.dtype), mask, positions, past_key_values=self.cache,
-                      compute_logits=False)
+            out = llm(
+                tokens_KND.to(self.prompt_embeds.dtype),
+                mask,
+                positions,
+                past_key_values=self.cache,
+                compute_logits=False,
+            )
         finally:
             truncate_cache(self.cache, self.prompt_len)  # the next call reuses the prompt-only cache
         return out.hidden_BLD
@@ -151,9 +159,7 @@ class PromptVelocity:
         else:
             tokens_KND, detail_KMC = tokenizer.tokenize(z_t_KPhw)
         hidden_KND = self._image_hidden(tokens_KND)
-        v_KPhw, gate_KM = self.model.flow_head(
-            hidden_KND, t_K, detail_KMC, tokenizer.grid_hw, return_gate=True
-        )
+        v_KPhw, gate_KM = self.model.flow_head(hidden_KND, t_K, detail_KMC, tokenizer.grid_hw, return_gate=True)
         if self.record_gates is not None:
             self.record_gates.append(gate_KM[: self.num_prompts].detach())
         return v_KPhw
@@ -186,6 +192,4 @@ def generate_images(
     x0 = initial_noise((len(prompts), tokenizer.latent_dim, h, w), generator, device=model.device, dtype=dtype)
     latents = solve(fn, x0, num_steps, alpha=alpha, sampler=sampler)
     images = tokenizer.vae.decode(latents).clamp(-1.0, 1.0)
-    return GenerationResult(
-        images=images, latents=latents, gates=torch.stack(gates) if gates else None, grid_hw=(h, w)
-    )
+    return GenerationResult(images=images, latents=latents, gates=torch.stack(gates) if gates else None, grid_hw=(h, w))

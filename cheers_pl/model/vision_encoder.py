@@ -57,8 +57,14 @@ class VisionEncoderConfig:
 def full_vision_encoder_config(backend: str = "hf_siglip", pretrained: str | None = None) -> VisionEncoderConfig:
     """SigLIP2 so400m, patch 16, 512 px (1024 tokens of width 1152)."""
     return VisionEncoderConfig(
-        backend=backend, pretrained=pretrained, image_size=512, patch_size=16, dim=1152, num_layers=27,
-        num_heads=16, mlp_dim=4304,
+        backend=backend,
+        pretrained=pretrained,
+        image_size=512,
+        patch_size=16,
+        dim=1152,
+        num_layers=27,
+        num_heads=16,
+        mlp_dim=4304,
     )
 
 
@@ -124,17 +130,27 @@ class HFSiglipEncoder(VisionEncoder):
         super().__init__(cfg)
         if cfg.pretrained is None:
             config = SiglipVisionConfig(
-                hidden_size=cfg.dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.num_layers,
-                num_attention_heads=cfg.num_heads, num_channels=cfg.in_channels, image_size=cfg.image_size,
-                patch_size=cfg.patch_size, vision_use_head=False,
+                hidden_size=cfg.dim,
+                intermediate_size=cfg.mlp_dim,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                num_channels=cfg.in_channels,
+                image_size=cfg.image_size,
+                patch_size=cfg.patch_size,
+                vision_use_head=False,
             )
             self.model = SiglipVisionModel(config)
         else:
             self.model = SiglipVisionModel.from_pretrained(cfg.pretrained, vision_use_head=False)
             c = self.model.config
             loaded = dict(
-                image_size=c.image_size, patch_size=c.patch_size, dim=c.hidden_size, num_layers=c.num_hidden_layers,
-                num_heads=c.num_attention_heads, mlp_dim=c.intermediate_size, in_channels=c.num_channels,
+                image_size=c.image_size,
+                patch_size=c.patch_size,
+                dim=c.hidden_size,
+                num_layers=c.num_hidden_layers,
+                num_heads=c.num_attention_heads,
+                mlp_dim=c.intermediate_size,
+                in_channels=c.num_channels,
             )
             _warn_ignored(cfg, loaded)
             self.dim, self.patch_size, self.image_size = c.hidden_size, c.patch_size, c.image_size
@@ -174,10 +190,18 @@ class TimmSiglipEncoder(VisionEncoder):
             # a timm hub id: the classifier/pool weights it carries are not needed, hence non-strict loading
             hub_kwargs = dict(pretrained_cfg_overlay=dict(hf_hub_id=cfg.pretrained), pretrained_strict=False)
         self.model = timm.create_model(
-            cfg.timm_model, pretrained=bool(hub_kwargs), img_size=cfg.image_size, patch_size=cfg.patch_size,
-            embed_dim=cfg.dim, depth=cfg.num_layers, num_heads=cfg.num_heads,
+            cfg.timm_model,
+            pretrained=bool(hub_kwargs),
+            img_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.dim,
+            depth=cfg.num_layers,
+            num_heads=cfg.num_heads,
             mlp_ratio=(cfg.mlp_dim + 0.5) / cfg.dim,  # timm takes int(dim·ratio); +0.5 makes that exactly mlp_dim
-            in_chans=cfg.in_channels, num_classes=0, global_pool="", **hub_kwargs,
+            in_chans=cfg.in_channels,
+            num_classes=0,
+            global_pool="",
+            **hub_kwargs,
         )
         if is_file:
             state = _load_state_dict(Path(cfg.pretrained))

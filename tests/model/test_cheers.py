@@ -140,8 +140,11 @@ def test_gradients_reach_trainable_parts_not_vae() -> None:
     mse = (out.velocity[1] - (out.z1[1] - out.z0[1])).pow(2).mean()
     (ce + mse).backward()
     groups = {
-        "llm": model.llm, "projector": model.tokenizer.compressor, "pixel decoder": model.tokenizer.pixel_decoder,
-        "encoder": model.tokenizer.encoder, "flow head": model.flow_head,
+        "llm": model.llm,
+        "projector": model.tokenizer.compressor,
+        "pixel decoder": model.tokenizer.pixel_decoder,
+        "encoder": model.tokenizer.encoder,
+        "flow head": model.flow_head,
     }
     for name, module in groups.items():
         missing = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]

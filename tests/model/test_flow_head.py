@@ -7,8 +7,15 @@ from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.projectors import shuffle_tokens
 
 FULL = dict(
-    llm_dim=1536, sem_dim=1152, latent_dim=128, stage1_depth=7, stage1_heads=12, stage1_kv_heads=2,
-    stage2_depth=3, stage2_heads=16, stage2_kv_heads=2,
+    llm_dim=1536,
+    sem_dim=1152,
+    latent_dim=128,
+    stage1_depth=7,
+    stage1_heads=12,
+    stage1_kv_heads=2,
+    stage2_depth=3,
+    stage2_heads=16,
+    stage2_kv_heads=2,
 )
 
 

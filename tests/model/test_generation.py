@@ -110,4 +110,3 @@ def test_bf16_cuda_generate_and_answer(model: CheersModel) -> None:
     torch.testing.assert_close(a.latents.float(), b.latents.float(), atol=0.1, rtol=0.05)
     answers = gpu.answer(a.images, ["how many shapes?", "what colour?"], max_new_tokens=4)
     assert len(answers) == 2 and all(isinstance(x, str) for x in answers)
-

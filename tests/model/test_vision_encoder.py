@@ -90,10 +90,17 @@ def test_hf_pretrained_round_trip(tmp_path) -> None:
 
 def test_hf_loads_vision_tower_of_full_siglip_checkpoint(tmp_path) -> None:
     """SigLIP2 fixed-resolution checkpoints are full SiglipModels (vision + text); the tower must load from them."""
-    vision = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-                  patch_size=8)
-    text = SiglipTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                            vocab_size=50, max_position_embeddings=16)
+    vision = dict(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8
+    )
+    text = SiglipTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=50,
+        max_position_embeddings=16,
+    )
     full = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=vision)).eval()
     full.save_pretrained(tmp_path)
     loaded = build_vision_encoder(VisionEncoderConfig(pretrained=str(tmp_path))).eval()
@@ -111,8 +118,9 @@ def test_hf_pretrained_warns_about_ignored_fields(tmp_path) -> None:
 @pytest.mark.parametrize("suffix", ["pt", "safetensors"])
 def test_timm_pretrained_from_state_dict_file(tmp_path, suffix: str) -> None:
     # the reference keeps timm's default attention-pool head; its keys must be dropped on load
-    reference = timm.create_model("vit_so400m_patch16_siglip_512", img_size=64, patch_size=8, embed_dim=64, depth=2,
-                                  num_heads=2, mlp_ratio=4.0).eval()
+    reference = timm.create_model(
+        "vit_so400m_patch16_siglip_512", img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0
+    ).eval()
     path = tmp_path / f"weights.{suffix}"
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     assert any(k.startswith("attn_pool.") for k in state)
