@@ -129,12 +129,13 @@ def _markdown(rows: list[dict], protocol: dict) -> str:
 
 def _plot(rows: list[dict], path: Path) -> None:
     rows = [r for r in rows if r["section"] != "train"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 5))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["base_value"] or 0 for r in rows], width=0.4, label="base")
     ax.bar([x + 0.2 for x in xs], [r["variant_value"] or 0 for r in rows], width=0.4, label="variant")
-    ax.set_xticks(list(xs), [f"{r['ablation']}\n{r['metric']}" for r in rows], fontsize=7)
-    ax.set_ylabel("score")
+    labels = [f"{r['ablation']}: {r['metric']}" for r in rows]
+    ax.set_xticks(list(xs), labels, fontsize=8, rotation=35, ha="right")
+    ax.set_ylabel("score (GenEval-style / VQA exact match)")
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
