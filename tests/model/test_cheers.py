@@ -161,3 +161,20 @@ def test_answer_cached_equals_uncached(model: CheersModel, do_sample: bool) -> N
     assert cached == uncached
     assert all(isinstance(a, str) and a == a.strip() for a in cached)
     assert sum(len(a) for a in cached) > 0  # the perturbed model emits text before <|im_end|>
+
+
+def test_full_size_config_in_code_matches_the_yaml_preset() -> None:
+    """`full_cheers_config()` and conf/model/cheers_1p5b.yaml describe the same shapes (only weight paths differ)."""
+    from dataclasses import asdict
+
+    from cheers_pl.config import compose
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    yaml_cfg, code_cfg = flat(asdict(compose("align_1p5b").model)), flat(asdict(full_cheers_config()))
+    differ = {k for k in yaml_cfg.keys() | code_cfg.keys() if yaml_cfg.get(k) != code_cfg.get(k)}
+    assert differ == {"llm.pretrained", "tokenizer.encoder.pretrained", "tokenizer.vae.pretrained"}
