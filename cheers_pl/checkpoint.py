@@ -31,9 +31,14 @@ def config_of(ckpt: dict, overrides: list[str] | tuple[str, ...] = ()) -> Experi
     return from_node(node, "checkpoint config")
 
 
-def load_stage(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu") -> StageModule:
-    """Rebuilds the stage of a checkpoint (without re-running `init_from`) and loads all its weights, in eval mode."""
-    ckpt = read_checkpoint(path)
+def load_stage(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu", ckpt: dict | None = None
+) -> StageModule:
+    """Rebuilds the stage of a checkpoint (without re-running `init_from`) and loads all its weights, in eval mode.
+
+    `ckpt` is the already-read checkpoint of `path`, when the caller has one (saves reading it twice).
+    """
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     cfg = config_of(ckpt, ["stage.init_from=null", *overrides])
     stage = build_stage(cfg)
     stage.load_state_dict(ckpt["state_dict"])

@@ -179,8 +179,8 @@ def run(args: EvaluateArgs) -> dict[str, Any]:
     ckpt = read_checkpoint(args.ckpt)
     cfg = config_of(ckpt, ["stage.init_from=null", *args.overrides])
     global_step = int(ckpt.get("global_step", -1))
-    del ckpt
-    stage = load_stage(args.ckpt, args.overrides, device=device)
+    stage = load_stage(args.ckpt, args.overrides, device=device, ckpt=ckpt)
+    del ckpt  # the weights now live in the stage
     out = Path(args.out_dir) if args.out_dir is not None else default_out_dir(args.ckpt)
     out.mkdir(parents=True, exist_ok=True)
     can_generate = hasattr(stage, "generate_images")

@@ -3,20 +3,9 @@ import dataclasses
 import pytest
 import torch
 
+from cheers_pl.model.cheers import full_cheers_config
 from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.projectors import shuffle_tokens
-
-FULL = dict(
-    llm_dim=1536,
-    sem_dim=1152,
-    latent_dim=128,
-    stage1_depth=7,
-    stage1_heads=12,
-    stage1_kv_heads=2,
-    stage2_depth=3,
-    stage2_heads=16,
-    stage2_kv_heads=2,
-)
 
 
 def _perturb_zero_inits(module: torch.nn.Module, skip: str = "\0") -> None:
@@ -51,7 +40,7 @@ def test_tiny_output_shapes(grid_hw: tuple[int, int]):
 
 
 def test_full_size_meta_shapes_and_parameter_budget():
-    cfg = FlowHeadConfig(**FULL)
+    cfg = full_cheers_config().flow_head  # the shipped full-size preset
     with torch.device("meta"):
         head = FlowHead(cfg)
         v, gate = head(
