@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cheers_pl.ablate import AblateArgs
 from cheers_pl.bench.args import BenchArgs
 from cheers_pl.config import ExperimentConfig, compose
-from cheers_pl.data.stats import DataStatsArgs
+from cheers_pl.data_stats import DataStatsArgs
 from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
 from cheers_pl.sample import AnswerArgs, SampleArgs
@@ -35,10 +35,11 @@ class Command:
 
 
 def _make_shards(cfg: ExperimentConfig | None, args: Any) -> dict:
-    from cheers_pl.data.shards import run
+    from cheers_pl.data.shards import write_all
 
     assert cfg is not None
-    return run(cfg)
+    manifest = write_all(cfg.data, workers=max(1, cfg.data.num_workers))
+    return {"shard_dir": cfg.data.shard_dir, **{s: v["num_samples"] for s, v in manifest["splits"].items()}}
 
 
 def _train(cfg: ExperimentConfig | None, args: Any) -> dict:
@@ -73,7 +74,7 @@ def _ablate(cfg: ExperimentConfig | None, args: Any) -> dict:
 
 
 def _data_stats(cfg: ExperimentConfig | None, args: Any) -> dict:
-    from cheers_pl.data.stats import run
+    from cheers_pl.data_stats import run
 
     assert cfg is not None
     return run(cfg, args)

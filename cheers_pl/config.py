@@ -15,7 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cheers_pl.checkpoint import config_yaml, saved_config
 from cheers_pl.data.datamodule import DataConfig
+from cheers_pl.registry import MODEL_SCHEMA, callback_schema, stage_schema
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "data", "stage", "callbacks", "trainer")
@@ -67,30 +69,6 @@ class ExperimentConfig:
         return Path(self.output_root) / self.name
 
 
-def _model_schema() -> type | None:
-    try:
-        from cheers_pl.model.cheers import CheersConfig
-    except ImportError:  # the model package is built up issue by issue
-        return None
-    return CheersConfig
-
-
-def _stage_schemas() -> dict[str, type]:
-    try:
-        from cheers_pl.stage import STAGE_CONFIGS
-    except ImportError:
-        return {}
-    return STAGE_CONFIGS
-
-
-def _callback_schemas() -> dict[str, type]:
-    try:
-        from cheers_pl.callbacks import CALLBACK_CONFIGS
-    except ImportError:
-        return {}
-    return CALLBACK_CONFIGS
-
-
 def _load_yaml(path: Path) -> DictConfig:
     try:
         node = OmegaConf.load(path)
@@ -115,21 +93,12 @@ def _group_node(group: str, option: str, conf_dir: Path) -> DictConfig:
 def _schema_for(node: DictConfig) -> DictConfig:
     """The structured schema for a whole config node, with stage and callbacks picked by name."""
     schema = OmegaConf.structured(ExperimentConfig)
-    model_cls = _model_schema()
-    if model_cls is not None:
-        schema.model = OmegaConf.structured(model_cls)
+    schema.model = OmegaConf.structured(MODEL_SCHEMA)
     stage = node.get("stage")
     if stage is not None:
-        registry = _stage_schemas()
-        name = stage.get("name")
-        if name not in registry:
-            raise ValueError(f"stage.name={name!r} is not a registered stage; registered: {sorted(registry)}")
-        schema.stage = OmegaConf.structured(registry[name])
-    registry = _callback_schemas()
+        schema.stage = OmegaConf.structured(stage_schema(stage.get("name")))
     for key in node.get("callbacks") or {}:
-        if key not in registry:
-            raise ValueError(f"callbacks.{key}: not a registered callback; registered: {sorted(registry)}")
-        schema.callbacks[key] = OmegaConf.structured(registry[key])
+        schema.callbacks[key] = OmegaConf.structured(callback_schema(key))
     return schema
 
 
@@ -237,7 +206,7 @@ def compose(experiment: str, overrides: Sequence[str] = (), conf_dir: Path = CON
 
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML (saved with every run and checkpoint, R13)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return config_yaml(cfg)
 
 
 def save_config(cfg: ExperimentConfig, directory: str | Path) -> Path:
@@ -252,3 +221,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     """Reloads and re-validates a saved `config.yaml` (plus `key=value` overrides)."""
     node = OmegaConf.merge(_load_yaml(Path(path)), OmegaConf.from_dotlist(list(overrides)))
     return from_node(node, str(path))
+
+
+def config_of_checkpoint(ckpt: dict, overrides: Sequence[str] = (), path: str | Path = "ckpt") -> ExperimentConfig:
+    """The experiment config stored in a checkpoint (keys of earlier releases renamed) + `key=value` overrides,
+    validated again."""
+    node = OmegaConf.merge(OmegaConf.create(saved_config(ckpt, path)), OmegaConf.from_dotlist(list(overrides)))
+    return from_node(node, f"{path}: saved config")

@@ -26,13 +26,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cheers_pl.checkpoint import config_of, load_stage, read_checkpoint
+from cheers_pl.checkpoint import read_checkpoint
+from cheers_pl.config import config_of_checkpoint
+from cheers_pl.data.processing import to_uint8
 from cheers_pl.eval.distribution import evaluate_distribution, load_caption_pairs, skipped
-from cheers_pl.eval.generation import evaluate_generation, tile, to_uint8
+from cheers_pl.eval.generation import evaluate_generation, tile
 from cheers_pl.eval.geneval_prompts import load_prompts, make_prompts, save_prompts
 from cheers_pl.eval.reconstruction import PHOTO_NAMES, photo_images, reconstruction_scores
 from cheers_pl.eval.report import sha256_file, write_report
 from cheers_pl.eval.understanding import load_vqa_items, run_vqa
+from cheers_pl.restore import load_stage
 
 PROMPTS_FILE = "geneval_prompts.jsonl"  # the prompt set used, written next to the report
 NUM_GRID_IMAGES = 8  # reconstruction grid rows
@@ -145,14 +148,14 @@ def _understanding(stage: Any, cfg: Any, args: EvaluateArgs) -> dict[str, Any]:
 
 
 def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict[str, Any]:
-    tok = stage.model.tokenizer
+    vision = stage.model.vision
     scenes, _ = load_caption_pairs(cfg.data.shards(args.split), cfg.data.image_size, args.max_recon)
     photos, photo_names = photo_images(cfg.data.image_size, PHOTO_NAMES[: args.num_photos])
     section: dict[str, Any] = {"grids": {}}
     for name, images in (("synthetic", scenes if len(scenes) else None), ("photos", photos)):
         if images is None:
             continue
-        section[name], first = reconstruction_scores(tok, images, batch_size=args.batch_size)
+        section[name], first = reconstruction_scores(vision, images, batch_size=args.batch_size)
         rows = [
             [to_uint8(x[:NUM_GRID_IMAGES])[k].permute(1, 2, 0).numpy() for x in (images, *first.values())]
             for k in range(min(NUM_GRID_IMAGES, len(next(iter(first.values())))))
@@ -177,7 +180,7 @@ def run(args: EvaluateArgs) -> dict[str, Any]:
     started = time.perf_counter()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = read_checkpoint(args.ckpt)
-    cfg = config_of(ckpt, ["stage.init_from=null", *args.overrides])
+    cfg = config_of_checkpoint(ckpt, ["stage.init_from=null", *args.overrides], args.ckpt)
     global_step = int(ckpt.get("global_step", -1))
     stage = load_stage(args.ckpt, args.overrides, device=device, ckpt=ckpt)
     del ckpt  # the weights now live in the stage

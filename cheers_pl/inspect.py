@@ -27,12 +27,12 @@ REFERENCE: dict[str, tuple[float, float, str]] = {
     "flow_head.stage2": (83e6, 0.5e6, "≈ 83M"),
     "flow_head.gate": (1.3e6, 0.05e6, "≈ 1.3M"),
     "flow_head.time_embedders": (4.4e6, 0.05e6, "≈ 4.4M"),
-    "tokenizer.compressor": (28e6, 0.5e6, "≈ 28M"),
+    "vision.compressor": (28e6, 0.5e6, "≈ 28M"),
     "llm.body": (1.54e9, 0.005e9, "1.54B"),
     "llm.lm_head_untied": (0.23e9, 0.005e9, "0.23B"),
-    "tokenizer.encoder+pool_head": (0.43e9, 0.005e9, "≈ 0.43B"),
-    "tokenizer.vae": (84e6, 0.5e6, "≈ 84M"),
-    "tokenizer.pixel_decoder": (50e6, 0.5e6, "≈ 50M"),
+    "vision.encoder+pool_head": (0.43e9, 0.005e9, "≈ 0.43B"),
+    "vision.vae": (84e6, 0.5e6, "≈ 84M"),
+    "vision.pixel_decoder": (50e6, 0.5e6, "≈ 50M"),
     "total": (2.8e9, 0.05e9, "≈ 2.8B"),
 }
 REL_TOLERANCE = 0.02
@@ -51,19 +51,18 @@ def _numel(module: nn.Module | None) -> int:
 
 def _architecture_only(cfg: CheersConfig) -> CheersConfig:
     """A copy of `cfg` with every `pretrained` path dropped (warns when one was set, R15)."""
-    tok = cfg.tokenizer
-    paths = {"llm": cfg.llm.pretrained, "tokenizer.vae": tok.vae.pretrained}
-    paths["tokenizer.encoder"] = tok.encoder.pretrained
+    vis = cfg.vision
+    paths = {"llm": cfg.llm.pretrained, "vision.vae": vis.vae.pretrained, "vision.encoder": vis.encoder.pretrained}
     ignored = {k: v for k, v in paths.items() if v is not None}
     if ignored:
         warnings.warn(f"inspect counts the configured architecture; pretrained paths ignored: {ignored}", stacklevel=3)
     return dataclasses.replace(
         cfg,
         llm=dataclasses.replace(cfg.llm, pretrained=None),
-        tokenizer=dataclasses.replace(
-            tok,
-            vae=dataclasses.replace(tok.vae, pretrained=None),
-            encoder=dataclasses.replace(tok.encoder, pretrained=None),
+        vision=dataclasses.replace(
+            vis,
+            vae=dataclasses.replace(vis.vae, pretrained=None),
+            encoder=dataclasses.replace(vis.encoder, pretrained=None),
         ),
     )
 
@@ -82,21 +81,21 @@ def count_parameters(cfg: CheersConfig) -> tuple[dict[str, int], dict[str, objec
     """Builds the model's components on the meta device; returns (parameters per component, token geometry)."""
     cfg = _architecture_only(cfg)
     with torch.device("meta"):
-        tok = VisionTokenizer(cfg.tokenizer)
+        tok = VisionTokenizer(cfg.vision)
         llm = LLM(cfg.llm)
         head = FlowHead(cfg.flow_head)
         pool_head = _pool_head_params(tok.encoder)
     ae = tok.vae.autoencoder
     lm_head = 0 if llm.is_tied else llm.hf.lm_head.weight.numel()
     counts = {
-        "tokenizer.vae": _numel(tok.vae),
-        "tokenizer.vae.encoder": _numel(ae.encoder) + _numel(getattr(ae, "quant_conv", None)),
-        "tokenizer.vae.decoder": _numel(ae.decoder) + _numel(getattr(ae, "post_quant_conv", None)),
-        "tokenizer.pixel_decoder": _numel(tok.pixel_decoder),
-        "tokenizer.encoder": _numel(tok.encoder),
-        "tokenizer.encoder+pool_head": _numel(tok.encoder) + pool_head,
-        "tokenizer.latent_embed": _numel(tok.latent_embed),
-        "tokenizer.compressor": _numel(tok.compressor),
+        "vision.vae": _numel(tok.vae),
+        "vision.vae.encoder": _numel(ae.encoder) + _numel(getattr(ae, "quant_conv", None)),
+        "vision.vae.decoder": _numel(ae.decoder) + _numel(getattr(ae, "post_quant_conv", None)),
+        "vision.pixel_decoder": _numel(tok.pixel_decoder),
+        "vision.encoder": _numel(tok.encoder),
+        "vision.encoder+pool_head": _numel(tok.encoder) + pool_head,
+        "vision.latent_embed": _numel(tok.latent_embed),
+        "vision.compressor": _numel(tok.compressor),
         "llm.body": _numel(llm) - lm_head,
         "llm.lm_head_untied": lm_head,
         "flow_head.stage1": _numel(head.stage1),

@@ -3,11 +3,10 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from cheers_pl.checkpoint import load_stage
-from cheers_pl.data.processing import decode_image, understanding_transform
+from cheers_pl.data.processing import decode_image, to_uint8, understanding_transform
+from cheers_pl.restore import load_stage
 
 
 @dataclass
@@ -37,11 +36,6 @@ class SampleArgs:
     overrides: list[str] = field(default_factory=list)
 
 
-def to_uint8(images) -> np.ndarray:
-    """B×3×H×W in [-1, 1] → B×H×W×3 uint8."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 def answer(args: AnswerArgs) -> dict:
     """Answers one question about one image file."""
     stage = load_stage(args.ckpt, args.overrides)
@@ -69,7 +63,7 @@ def sample(args: SampleArgs) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, arr in enumerate(to_uint8(out.images)):
+    for i, arr in enumerate(to_uint8(out.images).permute(0, 2, 3, 1).cpu().numpy()):
         paths.append(str(out_dir / f"sample_{args.seed}_{i:02d}.png"))
         Image.fromarray(arr).save(paths[-1])
     return {"prompt": args.prompt, "files": paths}

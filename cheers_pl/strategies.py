@@ -13,7 +13,7 @@ Lightning's FSDP precision plugin refuses, is routed to the root unit's `clip_gr
 sharded gradients), so `gradient_clip_val: 1.0` works unchanged. Checkpoints are consolidated ("full") so that
 `init_from`, `resume_from` and `cheers_pl.export` read the same single file on any number of devices.
 
-`train.py` uses `trainer_kwargs(cfg.trainer)` in place of `cfg.trainer.kwargs()`; importing this module also
+`train.py` passes `trainer_kwargs(cfg.trainer.kwargs())` to the Trainer; importing this module also
 registers the names with Lightning's `StrategyRegistry`, so `Trainer(strategy="cheers_fsdp")` works too.
 """
 
@@ -21,8 +21,6 @@ from typing import Any
 
 from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
 from torch import nn
-
-from cheers_pl.config import TrainerConfig
 
 
 def block_classes() -> set[type[nn.Module]]:
@@ -76,16 +74,16 @@ def register() -> None:
             StrategyRegistry.register(name, CheersFSDPStrategy, description=description, **_fsdp(checkpointing))
 
 
-def build_strategy(cfg: TrainerConfig) -> Any:
+def build_strategy(name: str) -> Any:
     """The `strategy` argument of `lightning.Trainer`: a `CheersFSDPStrategy` for our names, else the string."""
-    if cfg.strategy in STRATEGIES:
-        return CheersFSDPStrategy(**_fsdp(STRATEGIES[cfg.strategy][1]))
-    return cfg.strategy
+    if name in STRATEGIES:
+        return CheersFSDPStrategy(**_fsdp(STRATEGIES[name][1]))
+    return name
 
 
-def trainer_kwargs(cfg: TrainerConfig) -> dict[str, Any]:
-    """`cfg.kwargs()` with the strategy built by `build_strategy`."""
-    return {**cfg.kwargs(), "strategy": build_strategy(cfg)}
+def trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer keyword arguments with the `strategy` name built by `build_strategy`."""
+    return {**kwargs, "strategy": build_strategy(kwargs.get("strategy", "auto"))}
 
 
 register()

@@ -32,7 +32,8 @@ def build_trainer(cfg: ExperimentConfig, extra_callbacks: list[L.Callback] | Non
         *(extra_callbacks or []),
     ]
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
-    return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **trainer_kwargs(cfg.trainer))
+    kwargs = trainer_kwargs(cfg.trainer.kwargs())
+    return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **kwargs)
 
 
 def run(cfg: ExperimentConfig) -> dict:

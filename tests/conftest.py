@@ -29,7 +29,7 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory):
         shard_dir=str(out),
         num_samples={"train": 240, "val": 64, "test": 64},
         samples_per_shard=40,
-        tokenizer_vocab_size=512,
+        text_tokenizer_vocab_size=512,
     )
     write_all(cfg, workers=2)
     return out

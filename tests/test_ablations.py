@@ -18,13 +18,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 ABLATIONS = {
     "ablate_hfi_off": {"model.flow_head.injection": "off"},
     "ablate_compression_1x": {
-        "model.tokenizer.compression": 1,
+        "model.vision.compression": 1,
         "model.flow_head.shuffle_factor": 1,  # interpolated from the compression
         "data.num_image_tokens": 64,
         "data.max_seq_len": 192,
     },
     "ablate_und_only": {"data.task_weights.generation": 0.0},
-    "ablate_latents": {"model.tokenizer.encoder_input": "latents"},
+    "ablate_latents": {"model.vision.encoder_input": "latents"},
 }
 
 

@@ -22,7 +22,7 @@ def test_unknown_command_and_bad_key_fail_with_a_message(capsys: pytest.CaptureF
 
 def test_make_shards_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = [f"data.shard_dir={tmp_path}", "data.num_samples.train=30", "data.num_samples.val=10"]
-    args += ["data.num_samples.test=10", "data.samples_per_shard=20", "data.tokenizer_vocab_size=400"]
+    args += ["data.num_samples.test=10", "data.samples_per_shard=20", "data.text_tokenizer_vocab_size=400"]
     assert main(["make-shards", "experiment=tiny_data", *args]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == {"shard_dir": str(tmp_path), "train": 30, "val": 10, "test": 10}

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from cheers_pl.checkpoint import CONFIG_KEY
 from cheers_pl.cli import main
 from cheers_pl.config import compose, to_yaml
 from cheers_pl.eval.geneval_prompts import load_prompts, prompts_hash
 from cheers_pl.eval.report import sha256_file
 from cheers_pl.evaluate import EvaluateArgs, default_out_dir, run
 from cheers_pl.stage import build_stage
-from cheers_pl.stage.base import CONFIG_KEY
 
 
 def _save_ckpt(experiment: str, shard_dir: Path, path: Path, *overrides: str) -> Path:

@@ -14,7 +14,7 @@ FULL_EXPERIMENTS = ["align_1p5b", "pretrain_1p5b", "refined_1p5b", "sft_1p5b"]
 @pytest.mark.parametrize("experiment", FULL_EXPERIMENTS)
 def test_full_size_experiments_compose_with_the_paper_recipe(experiment: str) -> None:
     cfg = compose(experiment)
-    assert cfg.model.llm.dim == cfg.model.flow_head.llm_dim == cfg.model.tokenizer.llm_dim == 1536
+    assert cfg.model.llm.dim == cfg.model.flow_head.llm_dim == cfg.model.vision.llm_dim == 1536
     assert cfg.stage.optim.betas == (0.9, 0.95) and cfg.stage.optim.warmup_frac == 0.02
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     global_batch = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices

@@ -8,9 +8,9 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from cheers_pl.checkpoint import CONFIG_KEY
 from cheers_pl.config import compose, to_yaml
 from cheers_pl.stage import build_stage
-from cheers_pl.stage.base import CONFIG_KEY
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
 

@@ -12,13 +12,15 @@ from cheers_pl.strategies import CheersFSDPStrategy, block_classes, build_strate
 
 
 def test_fsdp_names_build_the_block_policy_and_others_pass_through() -> None:
-    plain = build_strategy(compose("tiny_generation", ["trainer=fsdp"]).trainer)
-    ac = build_strategy(compose("tiny_generation", ["trainer=fsdp", "trainer.strategy=cheers_fsdp_ac"]).trainer)
+    plain = build_strategy(compose("tiny_generation", ["trainer=fsdp"]).trainer.strategy)
+    ac = build_strategy(
+        compose("tiny_generation", ["trainer=fsdp", "trainer.strategy=cheers_fsdp_ac"]).trainer.strategy
+    )
     assert isinstance(plain, CheersFSDPStrategy) and isinstance(ac, CheersFSDPStrategy)
     assert plain.kwargs["use_orig_params"] and not plain._activation_checkpointing_kwargs
     assert plain.kwargs["auto_wrap_policy"]._module_classes == block_classes()
     assert ac._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == block_classes()
-    assert trainer_kwargs(compose("tiny_generation", ["trainer=ddp"]).trainer)["strategy"] == (
+    assert trainer_kwargs(compose("tiny_generation", ["trainer=ddp"]).trainer.kwargs())["strategy"] == (
         "ddp_find_unused_parameters_true"
     )
 
@@ -26,10 +28,10 @@ def test_fsdp_names_build_the_block_policy_and_others_pass_through() -> None:
 def test_wrap_units_are_exactly_the_llm_vit_and_dit_blocks() -> None:
     cfg = CheersConfig()
     with torch.device("meta"):
-        parts = [VisionTokenizer(cfg.tokenizer), LLM(cfg.llm), FlowHead(cfg.flow_head)]
+        parts = [VisionTokenizer(cfg.vision), LLM(cfg.llm), FlowHead(cfg.flow_head)]
     classes = tuple(block_classes())
     units = [m for part in parts for m in part.modules() if isinstance(m, classes)]
-    expected = cfg.llm.num_layers + cfg.tokenizer.encoder.num_layers + cfg.flow_head.stage1_depth
+    expected = cfg.llm.num_layers + cfg.vision.encoder.num_layers + cfg.flow_head.stage1_depth
     assert len(units) == expected + cfg.flow_head.stage2_depth
 
 

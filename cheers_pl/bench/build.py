@@ -11,8 +11,9 @@ import torch
 from cheers_pl.config import ExperimentConfig, compose
 from cheers_pl.data.batch import Batch
 from cheers_pl.data.datamodule import CheersDataModule
-from cheers_pl.data.text_tokenizer import load_tokenizer
+from cheers_pl.data.text_tokenizer import load_text_tokenizer
 from cheers_pl.model.cheers import CheersConfig, CheersModel
+from cheers_pl.pipeline import CheersPipeline
 
 STAGE_EXPERIMENTS = {"tokenizer": "tiny_tokenizer", "align": "tiny_align", "generation": "tiny_generation"}
 
@@ -29,10 +30,16 @@ def experiment_config(
     return compose(STAGE_EXPERIMENTS[stage], [*base, *overrides])
 
 
+def build_pipeline(cfg: ExperimentConfig, model_cfg: CheersConfig | None = None, device: str = "cpu") -> CheersPipeline:
+    """A random `CheersModel` of `model_cfg` (default `cfg.model`) with the experiment's text tokenizer."""
+    text_tokenizer = load_text_tokenizer(cfg.data.text_tokenizer_path())
+    model = CheersModel(model_cfg if model_cfg is not None else cfg.model, vocab_size=len(text_tokenizer))
+    return CheersPipeline(model.to(device), text_tokenizer)
+
+
 def build_model(cfg: ExperimentConfig, model_cfg: CheersConfig | None = None, device: str = "cpu") -> CheersModel:
-    """A randomly initialised `CheersModel` of `model_cfg` (default `cfg.model`) with the experiment's tokenizer."""
-    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
-    return CheersModel(model_cfg if model_cfg is not None else cfg.model, tokenizer).to(device)
+    """The model of `build_pipeline`."""
+    return build_pipeline(cfg, model_cfg, device).model
 
 
 def first_batch(cfg: ExperimentConfig, device: str = "cpu") -> Batch:

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 
 from cheers_pl.bench.args import BenchArgs
-from cheers_pl.bench.build import build_model, experiment_config
+from cheers_pl.bench.build import build_pipeline, experiment_config
 from cheers_pl.bench.compression import bench_compression
 from cheers_pl.bench.data import bench_data
 from cheers_pl.bench.machine import machine_section
@@ -106,8 +106,14 @@ def _run(args: BenchArgs, threads: int) -> dict:
     )
 
     def sampling() -> dict:
-        model = build_model(cfg, device=dev)
-        out = bench_sampling(model, plan["steps"], plan["words"], plan["sample_batch"], repeats=rep, warmup=warm)
+        out = bench_sampling(
+            build_pipeline(cfg, device=dev),
+            plan["steps"],
+            plan["words"],
+            plan["sample_batch"],
+            repeats=rep,
+            warmup=warm,
+        )
         return {"preset": plan["preset"], **out}
 
     section("sampling", sampling)

@@ -2,9 +2,10 @@
 
 Per-image time of `num_steps` Euler steps with classifier-free guidance (no final VAE decode) for three velocity
 functions of the same model:
-- `cached_batched`: `PromptVelocity(use_cache=True)`, the production path: the prompt and its `<no_mean>` twin run
-  once into a KV cache (included in the time), each step runs only the N image tokens, cond and uncond in one batch;
-- `uncached_batched`: `PromptVelocity(use_cache=False)`: whole sequence each step, cond and uncond batched;
+- `cached_batched`: `CheersPipeline.velocity_fn(use_cache=True)`, the production path: the prompt and its
+  `<no_mean>` twin run once into a KV cache (included in the time), each step runs only the N image tokens, cond and
+  uncond in one batch;
+- `uncached_batched`: `velocity_fn(use_cache=False)`: whole sequence each step, cond and uncond batched;
 - `naive`: two separate un-cached passes per step (conditional, then the `<no_mean>` prompt), mixed here.
 The ideal speed-up of KV reuse when the LLM dominates is (P + N)/N for P prompt and N image tokens.
 """
@@ -15,10 +16,9 @@ from collections.abc import Callable
 import torch
 
 from cheers_pl.bench.measure import ratio, timed_interleaved
-from cheers_pl.data.text_tokenizer import NO_MEAN
-from cheers_pl.model.cheers import CheersModel
-from cheers_pl.model.generation import PromptVelocity, blank_prompt
+from cheers_pl.model.generation import PromptVelocity
 from cheers_pl.objective.sampling import initial_noise, solve
+from cheers_pl.pipeline import CheersPipeline
 
 METHODS = ("cached_batched", "uncached_batched", "naive")
 _WORDS = "a small red circle left of a large blue square with stripes and two green triangles".split()
@@ -29,14 +29,12 @@ def make_prompt(num_words: int) -> str:
     return " ".join(_WORDS[i % len(_WORDS)] for i in range(num_words))
 
 
-def naive_velocity(model: CheersModel, prompts: list[str], guidance_scale: float) -> Callable:
+def naive_velocity(pipe: CheersPipeline, prompts: list[str], guidance_scale: float) -> Callable:
     """Guided velocity from two separate un-cached passes per call: conditional prompt, then its `<no_mean>` twin."""
-    cond = PromptVelocity(model, prompts, 1.0, use_cache=False)
-    uncond = PromptVelocity(model, prompts, 1.0, use_cache=False)
-    blank = blank_prompt(uncond.input_ids, uncond.prompt_mask, model.sequence_builder.ids[NO_MEAN])
-    uncond.input_ids = blank
-    with torch.no_grad():
-        uncond.prompt_embeds = model.llm.embed_tokens(blank)
+    both = pipe.prompt_batch(prompts, guided=True)
+    B = len(prompts)
+    cond = PromptVelocity(pipe.model, both.input_ids[:B], both.pad_mask[:B], 1.0, use_cache=False)
+    uncond = PromptVelocity(pipe.model, both.input_ids[B:], both.pad_mask[B:], 1.0, use_cache=False)
 
     def fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_c, v_u = cond(z_t, t), uncond(z_t, t)
@@ -45,20 +43,21 @@ def naive_velocity(model: CheersModel, prompts: list[str], guidance_scale: float
     return fn
 
 
-def _sample(model: CheersModel, method: str, prompts: list[str], steps: int, guidance_scale: float) -> torch.Tensor:
+def _sample(pipe: CheersPipeline, method: str, prompts: list[str], steps: int, guidance_scale: float) -> torch.Tensor:
     if method == "naive":
-        fn = naive_velocity(model, prompts, guidance_scale)
+        fn = naive_velocity(pipe, prompts, guidance_scale)
     else:
-        fn = PromptVelocity(model, prompts, guidance_scale, use_cache=method == "cached_batched")
-    h, w = model.tokenizer.semantic_grid_hw
-    generator = torch.Generator(device=model.device).manual_seed(0)
-    x0 = initial_noise((len(prompts), model.tokenizer.latent_dim, h, w), generator, device=model.device)
+        fn = pipe.velocity_fn(prompts, guidance_scale, use_cache=method == "cached_batched")
+    vision, device = pipe.model.vision, pipe.device
+    h, w = vision.semantic_grid_hw
+    generator = torch.Generator(device=device).manual_seed(0)
+    x0 = initial_noise((len(prompts), vision.latent_dim, h, w), generator, device=device)
     with torch.no_grad():
-        return solve(fn, x0, steps, alpha=0.5)
+        return solve(fn, x0, steps, alpha=pipe.sampling.alpha, sampler=pipe.sampling.sampler)
 
 
 def bench_sampling(
-    model: CheersModel,
+    pipe: CheersPipeline,
     steps_list: tuple[int, ...] = (4, 8, 16),
     prompt_words: tuple[int, ...] = (8, 32, 128),
     batch: int = 2,
@@ -73,21 +72,21 @@ def bench_sampling(
         of each method, `speedup` = naive ÷ cached_batched, the ideal (P+N)/N, the aim 0.8·(P+N)/N, and the largest
         latent difference between the cached and the naive sample (they must agree).
     """
-    model.eval()
-    device = str(model.device)
-    n = model.num_image_tokens
+    pipe.model.eval()
+    device = str(pipe.device)
+    n = pipe.model.num_image_tokens
     mid_steps = steps_list[len(steps_list) // 2]
     grid = [(s, prompt_words[0]) for s in steps_list] + [(mid_steps, w) for w in prompt_words[1:]]
     cases = []
     for steps, words in grid:
         prompts = [make_prompt(words)] * batch
-        p = PromptVelocity(model, prompts, guidance_scale).prompt_len
+        p = pipe.velocity_fn(prompts, guidance_scale).prompt_len
         case = {"steps": steps, "prompt_words": words, "prompt_tokens": p, "image_tokens": n, "batch": batch}
-        calls = {m: functools.partial(_sample, model, m, prompts, steps, guidance_scale) for m in METHODS}
+        calls = {m: functools.partial(_sample, pipe, m, prompts, steps, guidance_scale) for m in METHODS}
         for method, t in timed_interleaved(calls, repeats, warmup, device).items():
             case[f"{method}_per_image_s"] = t["median_s"] / batch
-        diff = _sample(model, "cached_batched", prompts, steps, guidance_scale) - _sample(
-            model, "naive", prompts, steps, guidance_scale
+        diff = _sample(pipe, "cached_batched", prompts, steps, guidance_scale) - _sample(
+            pipe, "naive", prompts, steps, guidance_scale
         )
         case["max_abs_diff_cached_vs_naive"] = float(diff.abs().max())
         case["speedup"] = ratio(case["naive_per_image_s"], case["cached_batched_per_image_s"])

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from cheers_pl.bench.build import build_model
 from cheers_pl.bench.measure import activation_memory, count_flops, module_tensors, timed
 from cheers_pl.config import ExperimentConfig
-from cheers_pl.model.cheers import CheersConfig, CheersModel
+from cheers_pl.model.cheers import CheersConfig, CheersModel, CheersOutput
+from cheers_pl.objective.flow_matching import training_losses
 
 
 def _loss_fn(model: CheersModel, batch: int, prompt_len: int, device: str):
     """A closure: forward of a B×(P+N) synthetic row batch → velocity MSE + text CE."""
-    n, side = model.num_image_tokens, model.tokenizer.encoder.image_size
+    n, side = model.num_image_tokens, model.vision.encoder.image_size
     L = prompt_len + n
     vocab = model.llm.vocab_size
     input_ids_BL = torch.randint(0, vocab, (batch, L), device=device)
@@ -30,11 +31,14 @@ def _loss_fn(model: CheersModel, batch: int, prompt_len: int, device: str):
     images = torch.rand(batch, 3, side, side, device=device) * 2 - 1
     t_B = torch.rand(batch, device=device)
 
+    def network(z_t: torch.Tensor, t: torch.Tensor) -> CheersOutput:
+        return model(input_ids_BL, pad_mask_BL, block_ids_BL, z_t, t)
+
     def loss() -> torch.Tensor:
-        out = model(input_ids_BL, pad_mask_BL, block_ids_BL, images, t_B)
-        flow = F.mse_loss(out.velocity, out.z1 - out.z0)
-        text = F.cross_entropy(out.logits[:, : prompt_len - 1].flatten(0, 1), input_ids_BL[:, 1:prompt_len].flatten())
-        return flow + text
+        flow = training_losses(network, model.vision.encode(images), t_B)
+        logits = flow.output.logits
+        text = F.cross_entropy(logits[:, : prompt_len - 1].flatten(0, 1), input_ids_BL[:, 1:prompt_len].flatten())
+        return flow.loss + text
 
     return loss
 
@@ -76,8 +80,8 @@ def bench_scaling(
     model_cfg: CheersConfig = cfg.model
     by_res = []
     for side in resolutions:
-        enc = replace(model_cfg.tokenizer.encoder, image_size=side)
-        res_cfg = replace(model_cfg, tokenizer=replace(model_cfg.tokenizer, encoder=enc))
+        enc = replace(model_cfg.vision.encoder, image_size=side)
+        res_cfg = replace(model_cfg, vision=replace(model_cfg.vision, encoder=enc))
         model = build_model(cfg, res_cfg, device).train()
         row = {
             "resolution": side,

@@ -1,12 +1,9 @@
 """CLIP score of generated images against their prompts as a validation callback.
 
 Prompts are the captions of the validation batches' generation-task examples; the stage generates one image per
-prompt with a fixed seed. Two scorers, one formula — torchmetrics' CLIPScore:
-`score = max(100 · mean_i cos(img_emb_i, txt_emb_i), 0)` (the mean over images is clamped, not each cosine):
-- `model` set: a local CLIP directory (`transformers` `CLIPModel` + `CLIPProcessor` saved with
-  `save_pretrained`) scored by torchmetrics `CLIPScore`; nothing is downloaded.
-- `model` None: the contrastive image/text towers trained in the `tokenizer` stage
-  (`pl_module.contrastive_embed`); only comparable within one model.
+prompt with a fixed seed. The metric is `cheers_pl.eval.clip_score`: with `model` set, a local CLIP directory
+(torchmetrics `CLIPScore`); with `model` None, the contrastive towers of the `tokenizer` stage
+(`pl_module.contrastive_embed`).
 
 Under DDP every rank scores ceil(num_images / world_size) prompts; torchmetrics sums the states across ranks.
 
@@ -18,15 +15,11 @@ Legend: B batch, H/W image size, D embedding width.
 """
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torchmetrics import Metric
 from torchmetrics.multimodal.clip_score import CLIPScore
 
@@ -38,10 +31,9 @@ from cheers_pl.callbacks.common import (
     global_count,
     per_rank_quota,
     rank_seed,
-    to_uint8,
 )
-
-EmbedFn = Callable[[torch.Tensor | None, list[str] | None], tuple[torch.Tensor | None, torch.Tensor | None]]
+from cheers_pl.data.processing import to_uint8
+from cheers_pl.eval.clip_score import ContrastiveCLIPScore, EmbedFn, local_clip_score
 
 
 @dataclass
@@ -59,72 +51,6 @@ class CLIPScoreConfig:
     def __post_init__(self) -> None:
         for name in ("every_n_val", "num_images", "batch_size"):
             check_positive(f"callbacks.clip_score.{name}", getattr(self, name))
-
-
-class ContrastiveCLIPScore(Metric):
-    """torchmetrics CLIPScore's formula over embeddings from a function `(images, texts) -> (img_emb, txt_emb)`.
-
-    The function is a plain attribute, so the stage is not a sub-module of the metric.
-    """
-
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, embed: EmbedFn, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.embed = embed
-        self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, images_B3HW: torch.Tensor, texts: list[str]) -> None:
-        """Adds 100·cos(img_emb, txt_emb) of each image/prompt pair (images in [-1, 1])."""
-        if images_B3HW.shape[0] != len(texts):
-            raise ValueError(f"got {images_B3HW.shape[0]} images for {len(texts)} prompts")
-        img_BD, txt_BD = self.embed(images_B3HW, texts)
-        cos_B = F.cosine_similarity(img_BD.double(), txt_BD.double().to(img_BD.device), dim=-1)
-        self.score += 100 * cos_B.sum()
-        self.n_samples += len(texts)
-
-    def compute(self) -> torch.Tensor:
-        """max(mean score, 0), as torchmetrics CLIPScore."""
-        return torch.clamp(self.score / self.n_samples, min=0.0).float()
-
-
-class CLIPFeatures(nn.Module):
-    """Adapts a `transformers.CLIPModel` to the tensor-returning `get_*_features` torchmetrics expects.
-
-    transformers 5 returns a `BaseModelOutputWithPooling` whose `pooler_output` holds the projected embedding;
-    transformers 4 returned the tensor itself. Both are accepted.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.config = model.config
-
-    @staticmethod
-    def _tensor(out: Any) -> torch.Tensor:
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image embeddings B×D."""
-        return self._tensor(self.model.get_image_features(pixel_values=pixel_values))
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected text embeddings B×D."""
-        return self._tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-
-
-def local_clip_score(path: str) -> CLIPScore:
-    """torchmetrics CLIPScore over a local CLIP directory; a ValueError names the key when it is missing."""
-    if not Path(path).is_dir():
-        raise ValueError(f"callbacks.clip_score.model: local CLIP directory {path!r} not found (nothing is downloaded)")
-    from transformers import CLIPModel, CLIPProcessor
-
-    def load() -> tuple[CLIPFeatures, Any]:
-        return CLIPFeatures(CLIPModel.from_pretrained(path).eval()), CLIPProcessor.from_pretrained(path)
-
-    return CLIPScore(model_name_or_path=load)
 
 
 class CLIPScoreCallback(PeriodicValidationCallback):

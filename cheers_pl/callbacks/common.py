@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-GENERATION_TASK = 1  # `Batch.task` value of text-to-image examples (cheers_pl.data.batch)
+from cheers_pl.data.tasks import TASK_GENERATION
 
 
 def check_positive(name: str, value: int) -> None:
@@ -61,7 +61,7 @@ def global_count(trainer: pl.Trainer, pl_module: pl.LightningModule, count: int)
 
 def generation_rows(batch: Any) -> list[int]:
     """Row indices of a batch's generation-task examples that carry a caption (their prompt)."""
-    return [i for i, task in enumerate(batch.task.tolist()) if task == GENERATION_TASK and "caption" in batch.meta[i]]
+    return [i for i, task in enumerate(batch.task.tolist()) if task == TASK_GENERATION and "caption" in batch.meta[i]]
 
 
 def generation_examples(batch: Any) -> tuple[torch.Tensor, list[str]]:
@@ -102,16 +102,6 @@ def generate(
             gates.append(out.gates)
     gates_SBM = torch.cat(gates, dim=1) if gates and len(gates) == len(images) else None
     return torch.cat(images), gates_SBM, grid_hw
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """Maps images from [-1, 1] to [0, 1] (clamped)."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Maps images from [-1, 1] to uint8 [0, 255] with rounding."""
-    return (to_unit(images) * 255).round().to(torch.uint8)
 
 
 def output_dir(trainer: pl.Trainer, name: str) -> Path:

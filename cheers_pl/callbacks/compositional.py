@@ -25,7 +25,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from cheers_pl.callbacks.common import PeriodicValidationCallback, check_positive, to_uint8
+from cheers_pl.callbacks.common import PeriodicValidationCallback, check_positive
+from cheers_pl.data.processing import to_uint8
 from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.eval.geneval import CATEGORIES, GROUPS, accuracies, load_prompts, make_prompts, run_geneval
 from cheers_pl.eval.geneval_prompts import GenEvalPrompt

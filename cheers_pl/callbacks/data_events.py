@@ -10,7 +10,7 @@ from collections import Counter
 import lightning as L
 
 from cheers_pl.data.batch import Batch
-from cheers_pl.data.processing import TASK_NAMES
+from cheers_pl.data.tasks import TASK_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,8 @@
 """Fréchet distance between generated and real validation images (FID) as a validation callback.
 
 Real images and their captions come from the generation-task examples of the validation batches; the stage
-generates one image per caption with a fixed seed, and torchmetrics' `FrechetInceptionDistance` compares the two
-feature distributions. Two feature networks:
-- `semantic`: pooled features of the model's own semantic encoder (`pl_module.semantic_features`); always
-  available (tiny preset, no downloads), but not comparable across runs whose encoders differ.
-- `inception`: torch-fidelity's InceptionV3 (2048-d pool features, the standard FID) from a LOCAL weights file.
+generates one image per caption with a fixed seed, and the metric of `cheers_pl.eval.fid` compares the two feature
+distributions (`semantic`: the model's own encoder, `pl_module.semantic_features`; `inception`: a local InceptionV3).
 
 Under DDP every rank contributes ceil(num_images / world_size) examples; torchmetrics sums the feature statistics
 across ranks in `compute`, so every rank logs the same value.
@@ -18,14 +15,11 @@ Legend: B batch, H/W image size, D feature width.
 """
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cheers_pl.callbacks.common import (
@@ -36,10 +30,9 @@ from cheers_pl.callbacks.common import (
     global_count,
     per_rank_quota,
     rank_seed,
-    to_unit,
 )
-
-FEATURES = ("semantic", "inception")
+from cheers_pl.data.processing import to_unit
+from cheers_pl.eval.fid import FEATURES, fid_metric
 
 
 @dataclass
@@ -64,34 +57,6 @@ class FIDConfig:
             raise ValueError(f"callbacks.fid.feature must be one of {FEATURES}, got {self.feature!r}")
 
 
-class SemanticFeatures(nn.Module):
-    """Adapts a feature function (images B×3×H×W in [-1, 1] → B×D) to torchmetrics' custom-feature interface.
-
-    The function is stored as a plain attribute, so the stage is not registered as a sub-module of the metric
-    (the metric never moves, saves or counts the model's parameters).
-    """
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_features: int) -> None:
-        super().__init__()
-        self.fn = fn
-        self.num_features = num_features
-
-    def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
-        """Returns B×D features."""
-        return self.fn(images_B3HW).flatten(1)
-
-
-def check_inception_weights(path: str | None) -> Path:
-    """Returns the weights path, or raises a ValueError naming it and the config key when it is unset or missing."""
-    if path is None or not Path(path).is_file():
-        raise ValueError(
-            f"callbacks.fid.inception_weights: InceptionV3 weights file {path!r} not found. FID with "
-            "feature='inception' needs a local torch-fidelity weights file (weights-inception-2015-12-05-6726825d.pth; "
-            "nothing is downloaded); set callbacks.fid.inception_weights or use feature='semantic'."
-        )
-    return Path(path)
-
-
 class FIDCallback(PeriodicValidationCallback):
     """Logs `val/fid_<feature>` at the end of an active validation run (see the module docstring)."""
 
@@ -99,11 +64,8 @@ class FIDCallback(PeriodicValidationCallback):
         super().__init__(cfg.every_n_val)
         self.cfg = cfg
         self.metric: FrechetInceptionDistance | None = None
-        if cfg.feature == "inception":
-            weights = check_inception_weights(cfg.inception_weights)
-            self.metric = FrechetInceptionDistance(
-                feature=2048, normalize=True, feature_extractor_weights_path=str(weights)
-            )
+        if cfg.feature == "inception":  # fail at construction when the weights file is missing
+            self.metric = fid_metric(cfg.feature, cfg.inception_weights, None, None)
         self.captions: list[str] = []
         self.num_real = 0
 
@@ -121,8 +83,7 @@ class FIDCallback(PeriodicValidationCallback):
 
     def _ensure_metric(self, pl_module: Any, images_B3HW: torch.Tensor) -> FrechetInceptionDistance:
         if self.metric is None:
-            num_features = pl_module.semantic_features(images_B3HW[:1]).flatten(1).shape[-1]
-            self.metric = FrechetInceptionDistance(feature=SemanticFeatures(pl_module.semantic_features, num_features))
+            self.metric = fid_metric(self.cfg.feature, None, pl_module.semantic_features, images_B3HW)
         return self.metric.to(images_B3HW.device)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

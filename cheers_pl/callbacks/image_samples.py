@@ -33,8 +33,8 @@ from cheers_pl.callbacks.common import (
     generate,
     log_image,
     output_dir,
-    to_unit,
 )
+from cheers_pl.data.processing import to_unit
 
 DEFAULT_PROMPTS = [  # one per GenEval-style category of the synthetic world (DESIGN.md §5), plus texture and digit
     "a large red solid circle",

@@ -20,7 +20,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchvision.utils import make_grid, save_image
 
-TEXT_TASK = 2  # `Batch.task` of text-only examples: no image
+from cheers_pl.data.processing import to_unit
+from cheers_pl.data.tasks import TASK_TEXT
+
 METRIC_KEYS = ("vae", "decoder_t1.0")  # reconstructions that get PSNR/SSIM
 LOG_NAMES = {"vae": "vae", "decoder_t1.0": "decoder_t1"}
 
@@ -42,11 +44,6 @@ class ReconstructionConfig:
         bad = [t for t in self.t_values if not 0.0 <= t <= 1.0]
         if bad:
             raise ValueError(f"callbacks.reconstruction.t_values must lie in [0, 1], got {bad}")
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] → [0, 1], clamped, float32."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
 
 
 def new_metrics() -> dict[str, torch.nn.Module]:
@@ -113,7 +110,7 @@ class ReconstructionCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
-        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TEXT_TASK]
+        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TASK_TEXT]
         if not keep:
             return
         images = batch.images[keep]

@@ -12,9 +12,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from cheers_pl.objective.contrastive import retrieval_top1
-
-TEXT_TASK = 2  # `Batch.task` of text-only examples: no image
+from cheers_pl.data.tasks import TASK_TEXT
+from cheers_pl.eval.retrieval import retrieval_top1
 
 
 @dataclass
@@ -44,7 +43,7 @@ class RetrievalCallback(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
         room = self.cfg.num_candidates - len(self.captions)
-        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TEXT_TASK and "caption" in batch.meta[i]]
+        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TASK_TEXT and "caption" in batch.meta[i]]
         keep = keep[:room]
         if keep:
             self.images.append(batch.images[keep])

@@ -2,10 +2,8 @@
 
 The callback collects the understanding examples of the validation batches (task 0 with a question and an answer;
 captioning rows, category "caption", are excluded), answers them with the stage's public `answer`, and logs
-exact-match accuracy per category as `val/vqa_<category>` (count, color, shape, relation, texture, digit; any
-other category is pooled as "other") and `val/vqa_overall` (over all questions, MMBench-style). Answers are
-compared after `normalize_answer` (lower-case, punctuation removed, whitespace collapsed). The scoring is a pure
-function, `exact_match_by_category`, that the evaluate command reuses.
+exact-match accuracy per category as `val/vqa_<category>` and `val/vqa_overall` (over all questions, MMBench-style),
+scored by `cheers_pl.eval.vqa` (the metric the evaluate command uses too).
 
 Under data parallelism every rank answers ceil(max_examples / world_size) examples, the counts are summed across
 ranks, and ranks with fewer chunks run discarded extra `answer` calls so every rank makes the same number of
@@ -18,9 +16,7 @@ References:
 Legend: B examples, H/W image size.
 """
 
-import string
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,50 +24,8 @@ import lightning.pytorch as pl
 import torch
 
 from cheers_pl.callbacks.common import PeriodicValidationCallback, check_positive, per_rank_quota
-
-UNDERSTANDING_TASK = 0  # `Batch.task` value of understanding examples (cheers_pl.data.batch)
-VQA_CATEGORIES: tuple[str, ...] = ("count", "color", "shape", "relation", "texture", "digit", "other")
-EXCLUDED_CATEGORIES: tuple[str, ...] = ("caption",)
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, punctuation removed, whitespace stripped and collapsed: ' Three.' -> 'three'."""
-    return " ".join(str(text).lower().translate(_PUNCTUATION).split())
-
-
-def _bucket(category: str) -> str:
-    return category if category in VQA_CATEGORIES else "other"
-
-
-def exact_match_counts(preds: Sequence[str], answers: Sequence[str], categories: Sequence[str]) -> dict[str, list[int]]:
-    """[num_correct, num_total] per category of `VQA_CATEGORIES` (fixed keys; unknown categories -> "other")."""
-    if not len(preds) == len(answers) == len(categories):
-        raise ValueError(
-            f"need as many preds, answers and categories, got {len(preds)}, {len(answers)}, {len(categories)}"
-        )
-    counts = {c: [0, 0] for c in VQA_CATEGORIES}
-    for pred, answer, category in zip(preds, answers, categories, strict=True):
-        entry = counts[_bucket(category)]
-        entry[0] += int(normalize_answer(pred) == normalize_answer(answer))
-        entry[1] += 1
-    return counts
-
-
-def accuracies_from_counts(counts: dict[str, Sequence[int]]) -> dict[str, float]:
-    """Accuracy of every category with questions plus `overall` over all questions (absent when there are none)."""
-    scores = {c: correct / total for c, (correct, total) in counts.items() if total > 0}
-    total = sum(t for _, t in counts.values())
-    if total:
-        scores["overall"] = sum(c for c, _ in counts.values()) / total
-    return scores
-
-
-def exact_match_by_category(
-    preds: Sequence[str], answers: Sequence[str], categories: Sequence[str]
-) -> dict[str, float]:
-    """Normalised exact-match accuracy per category and `overall` (over all questions)."""
-    return accuracies_from_counts(exact_match_counts(preds, answers, categories))
+from cheers_pl.data.tasks import TASK_UNDERSTANDING
+from cheers_pl.eval.vqa import EXCLUDED_CATEGORIES, VQA_CATEGORIES, accuracies_from_counts, exact_match_counts
 
 
 @dataclass
@@ -125,7 +79,7 @@ class VQACallback(PeriodicValidationCallback):
                 return
             meta = batch.meta[row]
             category = str(meta.get("category", "other"))
-            if task != UNDERSTANDING_TASK or category in EXCLUDED_CATEGORIES or not {"question", "answer"} <= set(meta):
+            if task != TASK_UNDERSTANDING or category in EXCLUDED_CATEGORIES or not {"question", "answer"} <= set(meta):
                 continue
             self.images.append(batch.images[row].detach().cpu())
             self.questions.append(str(meta["question"]))

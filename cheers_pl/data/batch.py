@@ -4,11 +4,12 @@ Legend: B batch, L sequence length, H/W image size.
 """
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from cheers_pl.data.processing import IGNORE_INDEX, Sequence
+from cheers_pl.data.processing import Sequence
+from cheers_pl.objective.lm import IGNORE_INDEX
 
 
 @dataclass
@@ -45,32 +46,58 @@ class Batch:
         return self.input_ids.shape[0]
 
 
+@dataclass
+class Padded:
+    """Sequences left-padded to the longest one: every field B×L (long, long, bool, long, bool)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor  # IGNORE_INDEX on padding and non-targets
+    pad_mask: torch.Tensor  # True for real tokens
+    block_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+
+    def to(self, device: torch.device | str | None) -> "Padded":
+        """The same fields on `device`."""
+        return Padded(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+def left_pad(seqs: list[Sequence], pad_id: int) -> Padded:
+    """Left-pads sequences to the longest one (batched decoding then appends in the same column for every row)."""
+    if not seqs:
+        raise ValueError("left_pad needs at least one sequence")
+    length = max(len(s) for s in seqs)
+    size = len(seqs)
+    out = Padded(
+        input_ids=torch.full((size, length), pad_id, dtype=torch.long),
+        labels=torch.full((size, length), IGNORE_INDEX, dtype=torch.long),
+        pad_mask=torch.zeros(size, length, dtype=torch.bool),
+        block_ids=torch.zeros(size, length, dtype=torch.long),
+        prompt_mask=torch.zeros(size, length, dtype=torch.bool),
+    )
+    for row, seq in enumerate(seqs):
+        start = length - len(seq)
+        out.input_ids[row, start:] = torch.tensor(seq.input_ids, dtype=torch.long)
+        out.labels[row, start:] = torch.tensor(seq.labels, dtype=torch.long)
+        out.pad_mask[row, start:] = True
+        out.block_ids[row, start:] = torch.tensor(seq.block_ids, dtype=torch.long)
+        out.prompt_mask[row, start:] = torch.tensor(seq.prompt_mask, dtype=torch.bool)
+    return out
+
+
 def collate(examples: list[Example], pad_id: int) -> Batch:
     """Stacks images and left-pads the sequences to the longest one."""
-    length = max(len(e.sequence) for e in examples)
-    size = len(examples)
-    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
-    labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
-    pad_mask = torch.zeros(size, length, dtype=torch.bool)
-    block_ids = torch.zeros(size, length, dtype=torch.long)
-    prompt_mask = torch.zeros(size, length, dtype=torch.bool)
+    padded = left_pad([e.sequence for e in examples], pad_id)
     events: Counter[str] = Counter()
-    for row, e in enumerate(examples):
-        seq, start = e.sequence, length - len(e.sequence)
-        input_ids[row, start:] = torch.tensor(seq.input_ids)
-        labels[row, start:] = torch.tensor(seq.labels)
-        pad_mask[row, start:] = True
-        block_ids[row, start:] = torch.tensor(seq.block_ids)
-        prompt_mask[row, start:] = torch.tensor(seq.prompt_mask)
+    for e in examples:
         events.update(e.events)
     return Batch(
         images=torch.stack([e.image for e in examples]),
         task=torch.tensor([e.task for e in examples], dtype=torch.long),
-        input_ids=input_ids,
-        labels=labels,
-        pad_mask=pad_mask,
-        block_ids=block_ids,
-        prompt_mask=prompt_mask,
+        input_ids=padded.input_ids,
+        labels=padded.labels,
+        pad_mask=padded.pad_mask,
+        block_ids=padded.block_ids,
+        prompt_mask=padded.prompt_mask,
         keys=[e.key for e in examples],
         meta=[e.meta for e in examples],
         events=dict(events),

@@ -28,7 +28,7 @@ from cheers_pl.data.batch import Batch, Example, collate
 from cheers_pl.data.processing import SequenceBuilder
 from cheers_pl.data.synthetic import SyntheticConfig
 from cheers_pl.data.tasks import ExampleFactory, TaskWeights
-from cheers_pl.data.text_tokenizer import load_tokenizer
+from cheers_pl.data.text_tokenizer import load_text_tokenizer
 from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
 
 SPLITS = ("train", "val", "test")
@@ -57,7 +57,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     num_samples: dict[str, int] = field(default_factory=lambda: {"train": 20000, "val": 512, "test": 512})
     samples_per_shard: int = 1000
-    tokenizer_vocab_size: int = 1024
+    text_tokenizer_vocab_size: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("image_size", "num_image_tokens", "batch_size", "eval_batch_size", "max_seq_len"):
@@ -73,7 +73,7 @@ class DataConfig:
         spec = getattr(self, f"{split}_shards")
         return spec if spec is not None else str(Path(self.shard_dir) / f"{split}-*.tar")
 
-    def tokenizer_path(self) -> str:
+    def text_tokenizer_path(self) -> str:
         return self.text_tokenizer if self.text_tokenizer is not None else str(Path(self.shard_dir) / "tokenizer")
 
 
@@ -160,13 +160,13 @@ class CheersDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self._rank, self._world_size = rank, world_size
-        self.tokenizer = None
+        self.text_tokenizer = None
         self.train_batches = 0  # training batches handed to the model so far (resume position)
         self._pending_rng: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.cfg.tokenizer_path())
+        if self.text_tokenizer is None:
+            self.text_tokenizer = load_text_tokenizer(self.cfg.text_tokenizer_path())
 
     @property
     def rank(self) -> int:
@@ -182,7 +182,7 @@ class CheersDataModule(L.LightningDataModule):
 
     def factory(self) -> ExampleFactory:
         self.setup()
-        builder = SequenceBuilder(self.tokenizer, self.cfg.num_image_tokens)
+        builder = SequenceBuilder(self.text_tokenizer, self.cfg.num_image_tokens)
         return ExampleFactory(builder, self.cfg.image_size, self.cfg.task_weights, self.cfg.max_seq_len)
 
     def dataset(self, split: str) -> ExampleStream:
@@ -202,7 +202,7 @@ class CheersDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         batch_size = self.cfg.batch_size if split == "train" else self.cfg.eval_batch_size
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
+        pad_id = self.text_tokenizer.pad_token_id if self.text_tokenizer is not None else 0
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,

@@ -27,10 +27,7 @@ from cheers_pl.data.text_tokenizer import (
     TURN_END,
     TURN_START,
 )
-
-IGNORE_INDEX = -100
-TASK_UNDERSTANDING, TASK_GENERATION, TASK_TEXT = 0, 1, 2
-TASK_NAMES = ("understanding", "generation", "text")
+from cheers_pl.objective.lm import IGNORE_INDEX
 
 
 def decode_image(data: bytes) -> tuple[Image.Image, str | None]:
@@ -67,6 +64,16 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB → float tensor 3×H×W in [-1, 1]."""
     arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
     return arr.float().div(127.5).sub(1.0)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → float32 in [0, 1], clamped (the inverse of `to_tensor`'s scaling)."""
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → uint8 in [0, 255], rounded (same layout, e.g. B×3×H×W)."""
+    return (to_unit(images) * 255).round().to(torch.uint8)
 
 
 def understanding_transform(img: Image.Image, size: int) -> torch.Tensor:
@@ -106,20 +113,20 @@ class Sequence:
 class SequenceBuilder:
     """Builds the chat sequences of the three tasks with `num_image_tokens` positions per image block."""
 
-    tokenizer: PreTrainedTokenizerBase
+    text_tokenizer: PreTrainedTokenizerBase
     num_image_tokens: int
     ids: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         names = (IMAGE_TOKEN, IMAGE_GEN_TOKEN, IMAGE_START, IMAGE_END, NO_MEAN, TURN_START, TURN_END)
-        self.ids = {n: self.tokenizer.convert_tokens_to_ids(n) for n in names}
-        unknown = [n for n, i in self.ids.items() if i is None or i == self.tokenizer.unk_token_id]
+        self.ids = {n: self.text_tokenizer.convert_tokens_to_ids(n) for n in names}
+        unknown = [n for n, i in self.ids.items() if i is None or i == self.text_tokenizer.unk_token_id]
         if unknown:
-            raise ValueError(f"text tokenizer lacks the special tokens {unknown}; load it with load_tokenizer()")
-        self.ids["pad"] = self.tokenizer.pad_token_id
+            raise ValueError(f"text tokenizer lacks the special tokens {unknown}; load it with load_text_tokenizer()")
+        self.ids["pad"] = self.text_tokenizer.pad_token_id
 
     def _text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.text_tokenizer(text, add_special_tokens=False).input_ids
 
     def _turn_open(self, role: str) -> list[int]:
         return [self.ids[TURN_START], *self._text(f"{role}\n")]

@@ -10,11 +10,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from cheers_pl.config import ExperimentConfig
 from cheers_pl.data.datamodule import SPLITS, DataConfig
 from cheers_pl.data.synthetic import SyntheticConfig, make_sample
 from cheers_pl.data.tasks import CAPTION_QUESTION, TEXT_CAPTION_PROMPT
-from cheers_pl.data.text_tokenizer import save_tokenizer, train_tokenizer
+from cheers_pl.data.text_tokenizer import save_text_tokenizer, train_text_tokenizer
 from cheers_pl.data.webdataset import write_shard
 
 TOKENIZER_CORPUS_SAMPLES = 3000
@@ -55,8 +54,8 @@ def write_all(cfg: DataConfig, workers: int = 2) -> dict:
         written = list(pool.map(_write, jobs))
     assert sum(written) == sum(cfg.num_samples.values()), "shard writer lost samples"
     corpus = _corpus(cfg.synthetic, min(TOKENIZER_CORPUS_SAMPLES, max(1, cfg.num_samples.get("train", 0))))
-    tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab_size)
-    save_tokenizer(tokenizer, out / "tokenizer")
+    tokenizer = train_text_tokenizer(corpus, cfg.text_tokenizer_vocab_size)
+    save_text_tokenizer(tokenizer, out / "tokenizer")
     manifest = {
         "generator": "cheers_pl.data.synthetic",
         "seed": cfg.synthetic.seed,
@@ -68,9 +67,3 @@ def write_all(cfg: DataConfig, workers: int = 2) -> dict:
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
-
-
-def run(cfg: ExperimentConfig) -> dict:
-    """CLI entry: writes the shards of `cfg.data` and returns a summary."""
-    manifest = write_all(cfg.data, workers=max(1, cfg.data.num_workers))
-    return {"shard_dir": cfg.data.shard_dir, **{s: v["num_samples"] for s, v in manifest["splits"].items()}}

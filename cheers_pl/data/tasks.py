@@ -12,18 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from cheers_pl.data.batch import Example
-from cheers_pl.data.processing import (
-    TASK_GENERATION,
-    TASK_NAMES,
-    TASK_TEXT,
-    TASK_UNDERSTANDING,
-    SequenceBuilder,
-    decode_image,
-    generation_transform,
-    understanding_transform,
-)
+from cheers_pl.data.processing import SequenceBuilder, decode_image, generation_transform, understanding_transform
 from cheers_pl.data.webdataset import IMAGE_EXTENSIONS, EventCounter, SkipSample
 
+# `Batch.task` values: the one definition of the task ids
+TASK_UNDERSTANDING, TASK_GENERATION, TASK_TEXT = 0, 1, 2
+TASK_NAMES = ("understanding", "generation", "text")
 CAPTION_QUESTION = "Describe the image."
 TEXT_CAPTION_PROMPT = "Write a caption for a picture."
 

@@ -47,7 +47,7 @@ def add_cheers_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE (lossless round-trip of any text) on `texts` and adds the Cheers tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,7 +63,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     return add_cheers_tokens(fast)
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def load_text_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Loads a tokenizer from a local directory or hub name and adds the Cheers tokens.
 
     Raises:
@@ -80,6 +80,6 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return add_cheers_tokens(tokenizer)
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+def save_text_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
     """Saves the tokenizer (and its chat template) with `save_pretrained`."""
     tokenizer.save_pretrained(str(directory))

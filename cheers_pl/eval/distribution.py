@@ -1,6 +1,6 @@
 """Distribution section of the evaluate command: FID and CLIP score, only where the run configures them.
 
-The metrics are the validation callbacks' pieces (`cheers_pl.callbacks.fid`, `cheers_pl.callbacks.clip_score`),
+The metrics are those of the validation callbacks (`cheers_pl.eval.fid`, `cheers_pl.eval.clip_score`),
 configured by the checkpoint's own `callbacks.fid` / `callbacks.clip_score` entries: FID compares the real images
 of the split's samples (generation transform: shorter side resized, centre crop) with images generated from their
 first captions, in the configured feature space (`semantic`: the model's own encoder; `inception`: a local
@@ -15,14 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cheers_pl.callbacks.clip_score import ContrastiveCLIPScore, local_clip_score
-from cheers_pl.callbacks.fid import SemanticFeatures, check_inception_weights
-from cheers_pl.data.processing import decode_image, generation_transform
+from cheers_pl.data.processing import decode_image, generation_transform, to_uint8, to_unit
 from cheers_pl.data.tasks import parse_raw
 from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
-from cheers_pl.eval.generation import to_uint8
+from cheers_pl.eval.clip_score import ContrastiveCLIPScore, local_clip_score
+from cheers_pl.eval.fid import fid_metric
 
 METRICS: tuple[str, ...] = ("fid", "clip_score")
 
@@ -45,17 +43,11 @@ def load_caption_pairs(shards: str, image_size: int, num: int) -> tuple[torch.Te
 
 
 def _fid(stage: Any, cfg: Any, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    device = real.device
-    if cfg.feature == "inception":
-        weights = check_inception_weights(cfg.inception_weights)
-        metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
-        real, fake = (real.float() + 1) / 2, (fake.float() + 1) / 2
-    else:
-        num_features = stage.semantic_features(real[:1]).flatten(1).shape[-1]
-        metric = FrechetInceptionDistance(feature=SemanticFeatures(stage.semantic_features, num_features))
-    metric = metric.to(device)
-    metric.update(real.clamp(0, 1) if cfg.feature == "inception" else real, real=True)
-    metric.update(fake.clamp(0, 1) if cfg.feature == "inception" else fake, real=False)
+    metric = fid_metric(cfg.feature, cfg.inception_weights, stage.semantic_features, real).to(real.device)
+    if cfg.feature == "inception":  # Inception takes [0, 1]; the semantic encoder [-1, 1]
+        real, fake = to_unit(real), to_unit(fake)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
     return metric.compute()
 
 

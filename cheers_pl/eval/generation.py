@@ -16,15 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cheers_pl.data.processing import to_uint8
 from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.eval.geneval import CATEGORIES, GenEvalPrompt, run_geneval
 
 GRID_PAD = 2  # white pixels between tiles
-
-
-def to_uint8(images_N3HW: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats → uint8 [0, 255], rounded (N×3×H×W)."""
-    return ((images_N3HW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = GRID_PAD) -> np.ndarray:

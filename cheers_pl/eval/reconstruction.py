@@ -27,15 +27,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from cheers_pl.data.processing import to_unit
+
 PHOTO_NAMES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel")
 DETAIL_CUTOFF = 0.5  # fraction of the Nyquist frequency (0.5 cycles/pixel) where the "detail" band starts
 METRICS: tuple[str, ...] = ("psnr", "ssim", "detail_error")
 _EPS = 1e-8
-
-
-def to_unit(images_B3HW: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] → [0, 1], clamped, float32."""
-    return ((images_B3HW.float() + 1) / 2).clamp(0, 1)
 
 
 def psnr(pred_B3HW: torch.Tensor, target_B3HW: torch.Tensor) -> torch.Tensor:
@@ -99,18 +96,18 @@ def photo_images(size: int = 64, names: tuple[str, ...] = PHOTO_NAMES) -> tuple[
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: torch.nn.Module, images_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Reconstructions B×3×H×W in [-1, 1]: "vae" and, when the tokenizer has a pixel decoder, "decoder_t1"."""
-    z1 = tokenizer.encode(images_B3HW)
-    out = {"vae": tokenizer.vae.decode(z1)}
-    if tokenizer.pixel_decoder is not None:
-        out["decoder_t1"] = tokenizer.pixel_decoder(tokenizer.vae.to_raw(z1))
+def reconstruct(vision: torch.nn.Module, images_B3HW: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reconstructions B×3×H×W in [-1, 1]: "vae" and, when the vision tokenizer has a pixel decoder, "decoder_t1"."""
+    x1 = vision.encode(images_B3HW)
+    out = {"vae": vision.vae.decode(x1)}
+    if vision.pixel_decoder is not None:
+        out["decoder_t1"] = vision.decode_pixels(x1)
     return out
 
 
 @torch.no_grad()
 def reconstruction_scores(
-    tokenizer: torch.nn.Module, images_B3HW: torch.Tensor, batch_size: int = 32
+    vision: torch.nn.Module, images_B3HW: torch.Tensor, batch_size: int = 32
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """Mean PSNR / SSIM / detail error of every reconstruction over the images, and the first batch's outputs.
 
@@ -119,12 +116,12 @@ def reconstruction_scores(
     """
     if len(images_B3HW) == 0:
         raise ValueError("reconstruction_scores needs at least one image")
-    device = next(tokenizer.parameters()).device
+    device = next(vision.parameters()).device
     values: dict[str, dict[str, list[torch.Tensor]]] = {}
     first: dict[str, torch.Tensor] = {}
     for start in range(0, len(images_B3HW), batch_size):
         x = images_B3HW[start : start + batch_size].to(device)
-        recon = reconstruct(tokenizer, x)
+        recon = reconstruct(vision, x)
         if not first:
             first = {k: v.float().cpu() for k, v in recon.items()}
         for key, pred in recon.items():

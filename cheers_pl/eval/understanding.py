@@ -3,10 +3,10 @@
 Unlike the validation callback, which sees one question drawn per streamed example, the evaluate command reads the
 raw shard samples of a split and asks *every* question-answer pair in their metadata (`meta["qa"]`, categories
 count, color, shape, relation, texture, digit), in shard order, up to `max_questions`. Images go through the
-understanding transform the model was trained with. Scores are the callback's normalised exact match per category
-and `overall` over all questions (MMBench-style), plus `held_out` / `in_distribution`: questions about scenes built
-around a held-out composition (`meta["held_out"]` non-empty: an unseen colour-shape pair or object count) vs the
-rest.
+understanding transform the model was trained with. Scores are the normalised exact match (`cheers_pl.eval.vqa`)
+per category and `overall` over all questions (MMBench-style), plus `held_out` / `in_distribution`: questions about
+scenes built around a held-out composition (`meta["held_out"]` non-empty: an unseen colour-shape pair or object
+count) vs the rest.
 
 References:
     Liu et al., "MMBench: Is Your Multi-modal Model an All-around Player?", 2023 (per-category exact match).
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from cheers_pl.callbacks.vqa import accuracies_from_counts, exact_match_counts, normalize_answer
 from cheers_pl.data.processing import decode_image, understanding_transform
 from cheers_pl.data.tasks import parse_raw
 from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
+from cheers_pl.eval.vqa import accuracies_from_counts, exact_match_counts, normalize_answer
 
 GROUPS: tuple[str, ...] = ("held_out", "in_distribution")
 AnswerFn = Callable[[torch.Tensor, list[str]], list[str]]

@@ -1,67 +1,64 @@
 """The Cheers model: vision tokenizer + LLM backbone + cascaded flow-matching head, composed into one module.
 
 Composition only (DESIGN.md §1): one interleaved sequence of text and image blocks runs through the LLM; text leaves
-through the LM head, the final hidden states at the image positions leave through the flow head. No loss is computed
-here (STYLE.md R3/R4): `forward` returns what the objectives need (logits, velocity, x0 = z0, x1 = z1). Inference
-entry points: `answer` (image + question → text) and `generate` (prompt → image, `cheers_pl.model.generation`).
+through the LM head, the final hidden states at the image positions leave through the flow head. Tensors in, tensors
+out: `forward(ids, masks, z_t, t)` returns the logits and the velocity of one pass; the flow process that makes z_t
+and scores the velocity is `cheers_pl.objective.flow_matching`, and text becomes ids in `cheers_pl.pipeline`
+(`answer`, `generate`). `vision` is the unified vision tokenizer; the text tokenizer never enters this package.
 
-Shape legend: B batch, L sequence length, D LLM width, V vocab, N LLM tokens per image block, R rows that hold an
-image block, P latent channels, h/w latent grid (= semantic grid), M = h·w semantic tokens, C_enc encoder width.
+Shape legend: `cheers_pl.model`.
 
 References:
     Cheers, arXiv 2603.12793, §3 (unified tokenizer, LLM with bidirectional image blocks, cascaded flow matching).
 """
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from cheers_pl.data.processing import SequenceBuilder
-from cheers_pl.data.text_tokenizer import TURN_END
 from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
 from cheers_pl.model.contrastive_towers import ContrastiveTowers, ContrastiveTowersConfig
 from cheers_pl.model.decoding import decode
 from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
-from cheers_pl.model.generation import GenerationResult, PromptVelocity, generate_images, left_pad
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
+from cheers_pl.model.weights import config_from_dict, load_weights, read_config, save_weights
 
 
 @dataclass
 class CheersConfig:
     """The whole model; defaults are the tiny preset (full size: compose the components' `full_*` configs)."""
 
-    tokenizer: VisionTokenizerConfig = field(default_factory=VisionTokenizerConfig)
+    vision: VisionTokenizerConfig = field(default_factory=VisionTokenizerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     flow_head: FlowHeadConfig = field(default_factory=FlowHeadConfig)
     # SigLIP-style text tower of the `tokenizer` stage (kept for CLIP score when no local CLIP is configured)
     contrastive: ContrastiveTowersConfig | None = None
 
     def __post_init__(self) -> None:
-        tok, llm, head = self.tokenizer, self.llm, self.flow_head
+        tok, llm, head = self.vision, self.llm, self.flow_head
         if not tok.llm_dim == llm.dim == head.llm_dim:
             raise ValueError(
-                f"LLM widths disagree: tokenizer.llm_dim={tok.llm_dim}, llm.dim={llm.dim}, "
+                f"LLM widths disagree: vision.llm_dim={tok.llm_dim}, llm.dim={llm.dim}, "
                 f"flow_head.llm_dim={head.llm_dim} must all be equal"
             )
         if head.sem_dim != tok.encoder.dim:
             raise ValueError(
                 f"flow_head.sem_dim={head.sem_dim} must equal the semantic encoder width "
-                f"tokenizer.encoder.dim={tok.encoder.dim} (the detail residual is added at that width)"
+                f"vision.encoder.dim={tok.encoder.dim} (the detail residual is added at that width)"
             )
         vae_latent_dim = tok.vae.latent_channels * tok.vae.patch_size**2
         if head.latent_dim != vae_latent_dim:
             raise ValueError(
                 f"flow_head.latent_dim={head.latent_dim} must equal the VAE latent dim {vae_latent_dim} "
-                f"(tokenizer.vae.latent_channels={tok.vae.latent_channels} · patch_size²={tok.vae.patch_size}²)"
+                f"(vision.vae.latent_channels={tok.vae.latent_channels} · patch_size²={tok.vae.patch_size}²)"
             )
         if head.shuffle_factor != tok.compression:
             raise ValueError(
-                f"flow_head.shuffle_factor={head.shuffle_factor} must equal tokenizer.compression={tok.compression} "
+                f"flow_head.shuffle_factor={head.shuffle_factor} must equal vision.compression={tok.compression} "
                 "(the head's pixel-shuffle inverts the tokenizer's unshuffle)"
             )
 
@@ -92,54 +89,49 @@ def full_cheers_config(
         stage2_heads=16,
         stage2_kv_heads=2,
     )
-    tokenizer = full_vision_tokenizer_config(vae_pretrained=vae_pretrained, encoder_pretrained=encoder_pretrained)
-    return CheersConfig(tokenizer=tokenizer, llm=llm, flow_head=head)
+    vision = full_vision_tokenizer_config(vae_pretrained=vae_pretrained, encoder_pretrained=encoder_pretrained)
+    return CheersConfig(vision=vision, llm=llm, flow_head=head)
 
 
 @dataclass
 class CheersOutput:
-    """Result of `CheersModel.forward`. Rows without an image block hold zeros in every image field."""
+    """Result of `CheersModel.forward`: the logits of every row, the velocity of the R rows with an image block."""
 
     logits: torch.Tensor  # B×L×V
-    velocity: torch.Tensor  # B×P×h×w predicted v = x1 − x0 (zeros, outside the graph, for rows without a block)
-    z0: torch.Tensor  # B×P×h×w noise x0
-    z1: torch.Tensor  # B×P×h×w clean latent x1
-    z_t: torch.Tensor  # B×P×h×w noisy latent t·z1 + (1−t)·z0 that was tokenized
-    has_image: torch.Tensor  # B bool: the row holds an image block (velocity/z fields are meaningful)
-    gates: torch.Tensor | None = None  # B×M HFI gate values when `return_gates`
-
-
-def _scatter_rows(x_R: torch.Tensor, rows_R: torch.Tensor, batch: int) -> torch.Tensor:
-    """Place per-row results back into a zero batch tensor (differentiable; identity when every row is present)."""
-    if x_R.shape[0] == batch:
-        return x_R
-    return x_R.new_zeros(batch, *x_R.shape[1:]).index_copy(0, rows_R, x_R)
+    velocity: torch.Tensor  # R×P×h×w predicted v = x1 − x0 of the image rows, in row order (R may be 0)
+    rows: torch.Tensor  # R long: the rows that hold an image block
+    gates: torch.Tensor | None = None  # R×M HFI gate values when `return_gates`
 
 
 class CheersModel(nn.Module):
-    """Unified understanding + generation model: `tokenizer` (VisionTokenizer), `llm` (LLM), `flow_head`."""
+    """Unified understanding + generation model: `vision` (VisionTokenizer), `llm` (LLM), `flow_head`."""
 
-    def __init__(self, cfg: CheersConfig, text_tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, cfg: CheersConfig, vocab_size: int | None = None) -> None:
+        """Builds every component from `cfg`.
+
+        Args:
+            cfg: The architecture.
+            vocab_size: Length of the text tokenizer the model will read (special tokens included): the LLM
+                vocabulary grows to it (new rows = mean of the old, `LLM.resize_vocab`) and the contrastive text
+                tower is built with it. Grow only: a pretrained vocabulary padded beyond the tokenizer (Qwen2.5:
+                151936 rows) keeps its shape so its checkpoints stay loadable; the unused rows are never input ids.
+        """
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = VisionTokenizer(cfg.tokenizer)
+        self.vision = VisionTokenizer(cfg.vision)
         self.llm = LLM(cfg.llm)
-        # Grow only: a pretrained vocabulary padded beyond the tokenizer (Qwen2.5: 151936 rows) keeps its shape so
-        # its checkpoints stay loadable; the unused rows are never input ids.
-        if len(text_tokenizer) > self.llm.vocab_size:
-            self.llm.resize_vocab(len(text_tokenizer))
+        if vocab_size is not None and vocab_size > self.llm.vocab_size:
+            self.llm.resize_vocab(vocab_size)
         self.flow_head = FlowHead(cfg.flow_head)
         self.contrastive = None
         if cfg.contrastive is not None:
-            towers_cfg = replace(cfg.contrastive, vocab_size=len(text_tokenizer))
-            self.contrastive = ContrastiveTowers(towers_cfg, self.tokenizer.encoder.dim)
-        self.text_tokenizer = text_tokenizer
-        self.sequence_builder = SequenceBuilder(text_tokenizer, self.tokenizer.num_image_tokens)
+            towers_cfg = cfg.contrastive if vocab_size is None else replace(cfg.contrastive, vocab_size=vocab_size)
+            self.contrastive = ContrastiveTowers(towers_cfg, self.vision.encoder.dim)
 
     @property
     def num_image_tokens(self) -> int:
         """LLM positions N per image block."""
-        return self.tokenizer.num_image_tokens
+        return self.vision.num_image_tokens
 
     @property
     def device(self) -> torch.device:
@@ -204,156 +196,118 @@ class CheersModel(nn.Module):
         input_ids: torch.Tensor,
         pad_mask: torch.Tensor,
         block_ids: torch.Tensor,
-        images: torch.Tensor,
-        t_B: torch.Tensor,
-        z0: torch.Tensor | None = None,
+        z_t: torch.Tensor | None,
+        t: torch.Tensor | None,
         return_gates: bool = False,
     ) -> CheersOutput:
-        """One training pass over interleaved sequences (left-padded).
+        """One pass over interleaved, left-padded sequences: logits of every row and velocity of the image rows.
 
-        Rows with an image block are encoded, noised to their `t` (the stage picks 1 for understanding inputs and
-        U(0, 1) for generation targets) and tokenized; the LLM runs under the block-causal mask; the flow head
-        predicts the velocity from the final hidden states at the image positions, with the detail residual.
-        The flow head runs on every image row (understanding rows too); the stage weights the flow loss per row.
+        The R rows with an image block get their latent `z_t` tokenised into the block (D → encoder → compressor);
+        the LLM runs under the block-causal mask; the flow head predicts the velocity from the final hidden states at
+        the image positions, with the detail residual S(D(z_t)). It runs on every image row (understanding rows
+        too, at t = 1); the objective weighs the flow loss per row.
 
         Args:
             input_ids: B×L long ids.
             pad_mask: B×L bool, True for real tokens (padding on the left).
             block_ids: B×L long, 0 text, k > 0 the row's image block.
-            images: B×3×H×W in [-1, 1] (ignored for rows without an image block).
-            t_B: B flow times in [0, 1] (t = 1 is data; ignored for rows without an image block).
-            z0: Optional B×P×h×w noise (default: fresh `torch.randn`).
+            z_t: R×P×h×w normalised latents of the image rows in row order (None when no row has a block).
+            t: R flow times of those latents (t = 1 is data).
             return_gates: Also return the HFI gate values.
 
         Returns:
-            `CheersOutput`: logits B×L×V; velocity, z0, z1, z_t B×P×h×w; has_image B; gates B×M or None.
+            `CheersOutput`: logits B×L×V, velocity R×P×h×w, rows R, gates R×M or None.
         """
-        B = input_ids.shape[0]
         rows_R, cols_RN = self.image_positions(block_ids)
-        has_image_B = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        has_image_B[rows_R] = True
-        tokens_RND = None
-        if rows_R.numel():
-            if t_B.shape != (B,):
-                raise ValueError(f"t_B must have shape ({B},), got {tuple(t_B.shape)}")
-            z1_R = self.tokenizer.encode(images[rows_R])
-            z0_R = torch.randn_like(z1_R) if z0 is None else z0[rows_R].to(z1_R)
-            t_R = t_B[rows_R].to(z1_R.dtype)
-            t_R1hw = t_R.view(-1, 1, 1, 1)
-            z_t_R = t_R1hw * z1_R + (1 - t_R1hw) * z0_R
-            tokens_RND, detail_RMC = self.tokenizer.tokenize(z_t_R)
+        R = rows_R.numel()
+        h, w = self.vision.semantic_grid_hw
+        expected = (R, self.vision.latent_dim, h, w)
+        if R and (z_t is None or tuple(z_t.shape) != expected):
+            got = None if z_t is None else tuple(z_t.shape)
+            raise ValueError(f"z_t must have shape {expected} (rows with an image block, P, h, w), got {got}")
+        if R and (t is None or t.shape != (R,)):
+            raise ValueError(f"t must have shape ({R},), got {None if t is None else tuple(t.shape)}")
+        tokens_RND = detail_RMC = None
+        if R:
+            tokens_RND, detail_RMC = self.vision(z_t)
         embeds_BLD = self.embed(input_ids, block_ids, tokens_RND)
         out = self.llm(embeds_BLD, block_causal_mask(block_ids, pad_mask), positions_from_padding(pad_mask))
-
-        if not rows_R.numel():
-            h, w = self.tokenizer.semantic_grid_hw
-            zeros = embeds_BLD.new_zeros(B, self.tokenizer.latent_dim, h, w)
-            gates = embeds_BLD.new_zeros(B, h * w) if return_gates else None
-            return CheersOutput(out.logits_BLV, zeros, zeros, zeros, zeros, has_image_B, gates)
+        if not R:
+            velocity = embeds_BLD.new_zeros(expected)
+            gates = embeds_BLD.new_zeros(0, h * w) if return_gates else None
+            return CheersOutput(out.logits_BLV, velocity, rows_R, gates)
         hidden_RND = out.hidden_BLD[rows_R[:, None], cols_RN]
-        v_R, gate_RM = self.flow_head(hidden_RND, t_R, detail_RMC, self.tokenizer.grid_hw, return_gate=True)
-        return CheersOutput(
-            logits=out.logits_BLV,
-            velocity=_scatter_rows(v_R, rows_R, B),
-            z0=_scatter_rows(z0_R, rows_R, B),
-            z1=_scatter_rows(z1_R, rows_R, B),
-            z_t=_scatter_rows(z_t_R, rows_R, B),
-            has_image=has_image_B,
-            gates=_scatter_rows(gate_RM, rows_R, B) if return_gates else None,
-        )
+        v_R, gate_RM = self.flow_head(hidden_RND, t.to(z_t.dtype), detail_RMC, self.vision.grid_hw, return_gate=True)
+        return CheersOutput(out.logits_BLV, v_R, rows_R, gate_RM if return_gates else None)
 
     @torch.no_grad()
-    def answer(
+    def answer_ids(
         self,
         images_B3HW: torch.Tensor,
-        questions: list[str],
-        max_new_tokens: int = 16,
+        input_ids: torch.Tensor,
+        pad_mask: torch.Tensor,
+        block_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_ids: int | Sequence[int],
         do_sample: bool = False,
         temperature: float = 1.0,
-        use_cache: bool = True,
         generator: torch.Generator | None = None,
-    ) -> list[str]:
-        """Answer one question per image (clean image, t = 1); decoding stops at `<|im_end|>`.
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Decodes text after understanding prompts that hold one image block per row (clean image, t = 1).
 
         Returns:
-            The decoded answers, special tokens removed and whitespace stripped.
+            The new token ids B×T (see `cheers_pl.model.decoding.decode`).
         """
-        if images_B3HW.shape[0] != len(questions):
-            raise ValueError(f"got {images_B3HW.shape[0]} images but {len(questions)} questions")
-        builder = self.sequence_builder
-        seqs = [builder.understanding_prompt(q) for q in questions]
-        ids_BL, pad_BL, blocks_BL, _ = left_pad(seqs, builder.ids["pad"], self.device)
-        tokens_BND, _ = self.tokenizer.tokenize(self.tokenizer.encode(images_B3HW.to(self.device)))
-        eos = builder.ids[TURN_END]
-        new_BT = decode(
+        if images_B3HW.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"got {images_B3HW.shape[0]} images for {input_ids.shape[0]} prompts")
+        tokens_BND, _ = self.vision(self.vision.encode(images_B3HW.to(self.device)))
+        return decode(
             self.llm,
-            self.embed(ids_BL, blocks_BL, tokens_BND),
-            blocks_BL,
-            pad_BL,
+            self.embed(input_ids, block_ids, tokens_BND),
+            block_ids,
+            pad_mask,
             max_new_tokens,
-            eos,
+            eos_token_ids,
             do_sample=do_sample,
             temperature=temperature,
             generator=generator,
             use_cache=use_cache,
         )
-        answers = []
-        for row in new_BT.tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            answers.append(self.text_tokenizer.decode(row, skip_special_tokens=True).strip())
-        return answers
 
-    def velocity_fn(
-        self, prompts: list[str], guidance_scale: float, use_cache: bool = True, record_gates: list | None = None
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The guided velocity field `v(z_t_BPhw, t_B)` of the image block after `prompts` (no gradients).
-
-        See `cheers_pl.model.generation.PromptVelocity`: the prompt (and its `<no_mean>` twin when
-        `guidance_scale != 1`) runs once into a KV cache; each call re-tokenises z_t and runs only the N image
-        tokens. When `record_gates` is a list, each call appends the conditional half's gate values B×M.
-        """
-        return PromptVelocity(self, prompts, guidance_scale, use_cache=use_cache, record_gates=record_gates)
-
-    def generate(
-        self,
-        prompts: list[str],
-        seed: int = 0,
-        num_steps: int = 80,
-        guidance_scale: float = 9.5,
-        alpha: float = 0.5,
-        sampler: str = "euler",
-        use_cache: bool = True,
-        record_gates: bool = False,
-    ) -> GenerationResult:
-        """Text → image by integrating the flow from seeded noise (t = 0) to data (t = 1); paper defaults.
-
-        Returns:
-            `GenerationResult` with images B×3×H×W in [-1, 1], final latents B×P×h×w, gates (one B×M entry per
-            velocity evaluation, stacked, or None) and the gates' grid (h, w).
-        """
-        return generate_images(
-            self,
-            prompts,
-            seed=seed,
-            num_steps=num_steps,
-            guidance_scale=guidance_scale,
-            alpha=alpha,
-            sampler=sampler,
-            use_cache=use_cache,
-            record_gates=record_gates,
+    def exported_config(self) -> CheersConfig:
+        """The config as built: no pretrained paths (the weights travel with it), actual vocabulary and tying."""
+        cfg, vis = self.cfg, self.cfg.vision
+        contrastive = cfg.contrastive
+        if self.contrastive is not None:
+            contrastive = replace(contrastive, vocab_size=self.contrastive.cfg.vocab_size)
+        return replace(
+            cfg,
+            llm=replace(cfg.llm, pretrained=None, vocab_size=self.llm.vocab_size, tie_word_embeddings=self.llm.is_tied),
+            vision=replace(
+                vis,
+                vae=replace(vis.vae, pretrained=None, subfolder=None),
+                encoder=replace(vis.encoder, pretrained=None),
+            ),
+            contrastive=contrastive,
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Exports config, weights and text tokenizer to `directory` (`cheers_pl.model.weights`); returns it."""
-        from cheers_pl.model.weights import save_pretrained
+        """Writes `cheers_config.json` and `model.safetensors` to `directory` (created); returns it.
 
-        return save_pretrained(self, directory)
+        `cheers_pl.pipeline.CheersPipeline.save_pretrained` adds the text tokenizer beside them.
+        """
+        return save_weights(self, self.exported_config(), directory)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> "CheersModel":
-        """Reloads a model written by `save_pretrained` (eval mode) in one call."""
-        from cheers_pl.model.weights import load_pretrained
+        """Reloads the network written by `save_pretrained` (strict: every tensor present, no extra ones); eval mode.
 
-        return load_pretrained(directory, device=device, dtype=dtype)
+        Raises:
+            ValueError: when `directory` lacks the config or the weights, or they do not fit each other.
+        """
+        model = cls(config_from_dict(CheersConfig, read_config(directory)))
+        load_weights(model, directory)
+        return model.to(device=device, dtype=dtype).eval()

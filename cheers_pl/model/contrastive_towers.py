@@ -6,7 +6,7 @@ semantic encoder's output tokens and projects them into the same space. The sigm
 bias) lives here as a sub-module so its two scalars are saved and trained with the towers (`model.contrastive.*`).
 Later stages can reuse the towers as a local CLIP for CLIP-score style metrics.
 
-Shape legend: B batch, L caption length, N semantic tokens, C_img semantic encoder width, D text width,
+Shape legend: B batch, L caption length, M semantic tokens, C_img semantic encoder width, D text width,
 E joint embedding width.
 
 References:
@@ -94,13 +94,13 @@ class ContrastiveTowers(nn.Module):
         x_BLD = self.text_encoder(x_BLD, src_key_padding_mask=~mask)
         return self.text_proj(_masked_mean(self.text_norm(x_BLD), mask))
 
-    def embed_images(self, semantic_BNC: torch.Tensor) -> torch.Tensor:
-        """Semantic encoder output tokens B,N,C_img → mean-pooled, projected embeddings B,E."""
-        if semantic_BNC.ndim != 3 or semantic_BNC.shape[-1] != self.image_norm.normalized_shape[0]:
+    def embed_images(self, semantic_BMC: torch.Tensor) -> torch.Tensor:
+        """Semantic encoder output tokens B,M,C_img → mean-pooled, projected embeddings B,E."""
+        if semantic_BMC.ndim != 3 or semantic_BMC.shape[-1] != self.image_norm.normalized_shape[0]:
             raise ValueError(
-                f"semantic tokens must be B,N,{self.image_norm.normalized_shape[0]}, got {tuple(semantic_BNC.shape)}"
+                f"semantic tokens must be B,N,{self.image_norm.normalized_shape[0]}, got {tuple(semantic_BMC.shape)}"
             )
-        return self.image_proj(self.image_norm(semantic_BNC.mean(dim=1)))
+        return self.image_proj(self.image_norm(semantic_BMC.mean(dim=1)))
 
     def loss(self, img_emb_BE: torch.Tensor, txt_emb_BE: torch.Tensor) -> torch.Tensor:
         """Sigmoid contrastive loss; row i of each input is a matched image–caption pair."""

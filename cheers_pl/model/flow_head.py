@@ -15,8 +15,8 @@ LayerNorm, i.e. it is the same computation with g ≡ 0, so `gated` at initialis
 Zero-initialisation: every adaLN modulation and the stage-2 output projection start at zero (DiT); the stage-1
 output projection does not, since a zero Z' would leave stage 2 without input and stall the gradient path.
 
-Shape legend: B batch, N = h·w compressed-grid tokens, M = H·W full-grid tokens (H = h·f, W = w·f),
-C channels, L latent channels.
+Shape legend: `cheers_pl.model`; here h×w is the compressed grid of the N input tokens and H×W = (h·f)×(w·f) the
+full grid of the M tokens, L the latent channels.
 
 References:
     Cheers, arXiv 2603.12793, §3 (cascaded flow matching, gated HFI); Peebles & Xie, DiT, ICCV 2023.

@@ -4,8 +4,8 @@
 (same channel order: channel c·f² + i·f + j of low-res token (y, x) is channel c of high-res token
 (y·f + i, x·f + j)); they are exact inverses and are shared with the flow head's pixel-shuffle.
 
-Shape legend: B batch, N tokens on the input grid (h·w, raster order), M = N / f² tokens on the coarse grid,
-C channels, f the (un)shuffle factor, D output width.
+Shape legend: `cheers_pl.model` (M tokens on the fine grid h·w in raster order, N = M / f² on the coarse grid,
+C channels, f the (un)shuffle factor, D output width).
 
 References:
     Cheers, arXiv 2603.12793, §3.1 (4× token compression: 2×2 unshuffle, 1024 → 256 tokens at 512 px).
@@ -18,49 +18,49 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _check_grid(x_BNC: torch.Tensor, grid_hw: tuple[int, int], name: str) -> tuple[int, int]:
-    if x_BNC.ndim != 3:
-        raise ValueError(f"{name} expects B,N,C tokens, got shape {tuple(x_BNC.shape)}")
-    B, N, C = x_BNC.shape
+def _check_grid(tokens: torch.Tensor, grid_hw: tuple[int, int], name: str) -> tuple[int, int]:
+    if tokens.ndim != 3:
+        raise ValueError(f"{name} expects B,N,C tokens, got shape {tuple(tokens.shape)}")
+    B, num_tokens, C = tokens.shape
     h, w = grid_hw
-    if h * w != N:
-        raise ValueError(f"{name}: grid_hw={tuple(grid_hw)} has {h * w} cells but there are N={N} tokens")
+    if h * w != num_tokens:
+        raise ValueError(f"{name}: grid_hw={tuple(grid_hw)} has {h * w} cells but there are N={num_tokens} tokens")
     return B, C
 
 
-def unshuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
+def unshuffle_tokens(x_BMC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
     """Merge each f×f block of the (h, w) token grid into one token: B,h·w,C → B,(h/f)·(w/f),C·f².
 
     Args:
-        x_BNC: Tokens in raster order of the (h, w) grid.
+        x_BMC: Tokens in raster order of the (h, w) grid.
         grid_hw: (h, w) of the input grid.
         factor: f; 1 returns the input unchanged.
     """
-    B, C = _check_grid(x_BNC, grid_hw, "unshuffle_tokens")
+    B, C = _check_grid(x_BMC, grid_hw, "unshuffle_tokens")
     h, w = grid_hw
     if factor < 1 or h % factor or w % factor:
         raise ValueError(f"unshuffle_tokens: factor={factor} must be >= 1 and divide grid_hw={tuple(grid_hw)}")
     if factor == 1:
-        return x_BNC
-    x_BCHW = F.pixel_unshuffle(x_BNC.transpose(1, 2).reshape(B, C, h, w), factor)
+        return x_BMC
+    x_BCHW = F.pixel_unshuffle(x_BMC.transpose(1, 2).reshape(B, C, h, w), factor)
     return x_BCHW.flatten(2).transpose(1, 2)
 
 
-def shuffle_tokens(x_BMC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
+def shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -> torch.Tensor:
     """Split each token into an f×f block: B,h·w,C·f² → B,(h·f)·(w·f),C; exact inverse of `unshuffle_tokens`.
 
     Args:
-        x_BMC: Tokens in raster order of the coarse (h, w) grid.
+        x_BNC: Tokens in raster order of the coarse (h, w) grid.
         grid_hw: (h, w) of the input (coarse) grid.
         factor: f; 1 returns the input unchanged.
     """
-    B, C = _check_grid(x_BMC, grid_hw, "shuffle_tokens")
+    B, C = _check_grid(x_BNC, grid_hw, "shuffle_tokens")
     h, w = grid_hw
     if factor < 1 or C % (factor * factor):
         raise ValueError(f"shuffle_tokens: factor={factor} must be >= 1 and factor² must divide channels C={C}")
     if factor == 1:
-        return x_BMC
-    x_BCHW = F.pixel_shuffle(x_BMC.transpose(1, 2).reshape(B, C, h, w), factor)
+        return x_BNC
+    x_BCHW = F.pixel_shuffle(x_BNC.transpose(1, 2).reshape(B, C, h, w), factor)
     return x_BCHW.flatten(2).transpose(1, 2)
 
 
@@ -97,8 +97,8 @@ class TokenCompressor(nn.Module):
             raise ValueError(f"compression factor={f} must divide the token grid {tuple(grid_hw)}")
         return h // f, w // f
 
-    def forward(self, x_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x_BMC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         """Compress encoder tokens on the (h, w) grid. Returns B,(h/f)·(w/f),D."""
-        if x_BNC.shape[-1] != self.cfg.in_dim:
-            raise ValueError(f"TokenCompressor expects in_dim={self.cfg.in_dim} channels, got {x_BNC.shape[-1]}")
-        return self.mlp(unshuffle_tokens(self.norm(x_BNC), grid_hw, self.cfg.factor))
+        if x_BMC.shape[-1] != self.cfg.in_dim:
+            raise ValueError(f"TokenCompressor expects in_dim={self.cfg.in_dim} channels, got {x_BMC.shape[-1]}")
+        return self.mlp(unshuffle_tokens(self.norm(x_BMC), grid_hw, self.cfg.factor))

@@ -10,7 +10,7 @@ Backends are chosen by name from `VISION_ENCODERS` (STYLE.md R6):
 - "timm_siglip": `timm` VisionTransformer (`vit_so400m_patch16_siglip_512` by default) with the attention-pool head
   removed; pretrained weights from a local state-dict file (.safetensors / .pt / .bin) or a timm hub id.
 
-Shape legend: B batch, H/W pixel height/width, N tokens = (H/p)·(W/p), C encoder width.
+Shape legend: `cheers_pl.model` (M tokens = (H/p)·(W/p) of width C).
 
 References:
     Cheers, arXiv 2603.12793, §3.1. SigLIP 2, arXiv 2502.14786.
@@ -87,11 +87,11 @@ class VisionEncoder(nn.Module, ABC):
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per image N."""
+        """Tokens per image M."""
         return self.grid_size[0] * self.grid_size[1]
 
     def patch_embed(self, pixels_B3HW: torch.Tensor) -> torch.Tensor:
-        """S(·): conv patch embedding + position embedding. Returns B,N,C."""
+        """S(·): conv patch embedding + position embedding. Returns B,M,C."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if pixels_B3HW.ndim != 4 or tuple(pixels_B3HW.shape[1:]) != expected:
             raise ValueError(f"pixels must have shape (B, *{expected}), got {tuple(pixels_B3HW.shape)}")
@@ -105,11 +105,11 @@ class VisionEncoder(nn.Module, ABC):
         """Parameters of S(·) (patch conv + position embedding), e.g. to freeze them when S is bypassed."""
 
     @abstractmethod
-    def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
-        """Transformer blocks + post-LayerNorm on given embeddings. Returns B,N,C."""
+    def forward_embeddings(self, emb_BMC: torch.Tensor) -> torch.Tensor:
+        """Transformer blocks + post-LayerNorm on given embeddings. Returns B,M,C."""
 
     def forward(self, pixels_B3HW: torch.Tensor) -> torch.Tensor:
-        """Last hidden state after the post-LayerNorm. Returns B,N,C."""
+        """Last hidden state after the post-LayerNorm. Returns B,M,C."""
         return self.forward_embeddings(self.patch_embed(pixels_B3HW))
 
 
@@ -163,9 +163,9 @@ class HFSiglipEncoder(VisionEncoder):
         """Parameters of S(·): the patch conv and the position embedding table."""
         return list(self.model.embeddings.parameters())
 
-    def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
-        """Transformer blocks + post-LayerNorm on given embeddings. Returns B,N,C."""
-        return self.model.post_layernorm(self.model.encoder(inputs_embeds=emb_BNC).last_hidden_state)
+    def forward_embeddings(self, emb_BMC: torch.Tensor) -> torch.Tensor:
+        """Transformer blocks + post-LayerNorm on given embeddings. Returns B,M,C."""
+        return self.model.post_layernorm(self.model.encoder(inputs_embeds=emb_BMC).last_hidden_state)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -223,9 +223,9 @@ class TimmSiglipEncoder(VisionEncoder):
         extra = [t for t in (m.pos_embed, m.cls_token, m.reg_token) if t is not None]
         return [*m.patch_embed.parameters(), *extra, *m.norm_pre.parameters()]
 
-    def forward_embeddings(self, emb_BNC: torch.Tensor) -> torch.Tensor:
-        """Transformer blocks + final LayerNorm on given embeddings. Returns B,N,C."""
-        return self.model.norm(self.model.blocks(emb_BNC))
+    def forward_embeddings(self, emb_BMC: torch.Tensor) -> torch.Tensor:
+        """Transformer blocks + final LayerNorm on given embeddings. Returns B,M,C."""
+        return self.model.norm(self.model.blocks(emb_BMC))
 
 
 VISION_ENCODERS: dict[str, type[VisionEncoder]] = {

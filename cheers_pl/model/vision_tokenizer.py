@@ -1,13 +1,14 @@
-"""Unified vision tokenizer: frozen VAE → noisy latent → pixel decoder D → semantic encoder → token compressor.
+"""Unified vision tokenizer: frozen VAE → (noisy) latent → pixel decoder D → semantic encoder → token compressor.
 
-Composition only (Cheers §1.1). One path serves both tasks; the caller picks the timestep t per image:
-t = 1 for understanding inputs (clean latent), t ~ U(0, 1) (or logit-normal / shifted) for generation targets,
-and no image at all (t = 0 is pure noise) for text-only samples. With `encoder_input="latents"` the normalised
-latent goes straight into the encoder through a 1×1 conv patch embedding (the paper's appendix ablation that drops
-OCR-grade detail), replacing D and the pixel patch embedding.
+Composition only (Cheers §1.1). `encode` maps images to the clean latent z1; the flow process
+(`cheers_pl.objective.flow_matching`) noises it to the caller's t (t = 1 for understanding inputs, t ~ U(0, 1) or
+logit-normal / shifted for generation targets); `forward(z_t)` turns any z_t into LLM tokens plus the detail
+residual. With `encoder_input="latents"` the normalised latent goes straight into the encoder through a 1×1 conv
+patch embedding (the paper's appendix ablation that drops OCR-grade detail), replacing D and the pixel patch
+embedding.
 
-Shape legend: B batch, H/W image side, P latent channels of z (4·C), h/w latent grid = semantic token grid,
-N = h·w semantic tokens of width C_enc, M = N / f² LLM tokens of width D.
+Shape legend: `cheers_pl.model` (M semantic tokens of width C on the latent grid h×w, N = M / f² LLM tokens of
+width D).
 
 References:
     Cheers, arXiv 2603.12793, §3.1 and appendix (pixel decoding vs latents into the ViT).
@@ -56,15 +57,12 @@ def full_vision_tokenizer_config(
 
 
 @dataclass
-class TokenizerOutput:
-    """Everything `VisionTokenizer.forward` computes (shapes in the module legend)."""
+class VisionFeatures:
+    """The semantic path of one latent (shapes in the legend)."""
 
-    z1: torch.Tensor  # B,P,h,w clean normalised latent
-    z0: torch.Tensor  # B,P,h,w noise
-    z_t: torch.Tensor  # B,P,h,w noisy latent t·z1 + (1−t)·z0
-    llm_tokens: torch.Tensor  # B,M,D
-    detail: torch.Tensor  # B,N,C_enc, S(D(z_t)) (or the latent embedding)
-    decoded: torch.Tensor | None  # B,3,H,W, D(z_t); None for encoder_input="latents"
+    semantic: torch.Tensor  # B,M,C encoder(D(z_t)): last hidden state after the post-LayerNorm
+    detail: torch.Tensor  # B,M,C S(D(z_t)), the patch embedding (or the latent embedding)
+    decoded: torch.Tensor | None  # B,3,H,W D(z_t); None for encoder_input="latents"
 
 
 class LatentEmbed(nn.Module):
@@ -76,7 +74,7 @@ class LatentEmbed(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
 
     def forward(self, z_BPhw: torch.Tensor) -> torch.Tensor:
-        """Returns B,N,C_enc with N = h·w in raster order."""
+        """Returns B,M,C with M = h·w in raster order."""
         return self.proj(z_BPhw).flatten(2).transpose(1, 2) + self.pos_embed
 
 
@@ -165,44 +163,32 @@ class VisionTokenizer(nn.Module):
         with torch.no_grad():
             return self.vae.encode(images_B3HW)
 
-    def add_noise(
-        self, z1: torch.Tensor, t_B: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh Gaussian z0 per image and z_t = t·z1 + (1−t)·z0 (t = 1 is data). Returns (z_t, z0)."""
-        if t_B.shape != (z1.shape[0],):
-            raise ValueError(f"t_B must have shape ({z1.shape[0]},), got {tuple(t_B.shape)}")
-        z0 = torch.randn(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
-        t = t_B.to(z1.dtype).view(-1, *([1] * (z1.ndim - 1)))
-        return t * z1 + (1 - t) * z0, z0
+    def decode_pixels(self, z_t: torch.Tensor) -> torch.Tensor:
+        """The pixel decoder D: normalised (noisy) latent → pixels B,3,H,W."""
+        if self.pixel_decoder is None:
+            raise ValueError("decode_pixels needs encoder_input='pixels', got 'latents'")
+        return self.pixel_decoder(self.vae.to_raw(z_t))
 
-    def _semantic(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(semantic tokens B,N,C_enc, patch embedding S(D(z_t)) B,N,C_enc, decoded pixels or None)."""
+    def features(self, z_t: torch.Tensor, decoded: torch.Tensor | None = None) -> VisionFeatures:
+        """The semantic path of z_t: D(z_t) → S → encoder (or the latent embedding for `encoder_input="latents"`).
+
+        Args:
+            z_t: B,P,h,w normalised latent at any t.
+            decoded: D(z_t) when the caller has it already (e.g. detached, so a loss on the encoder does not train D).
+        """
         if self.pixel_decoder is not None:
-            decoded = self.pixel_decoder(self.vae.to_raw(z_t))
-            emb_BNC = self.encoder.patch_embed(decoded)
+            decoded = self.decode_pixels(z_t) if decoded is None else decoded
+            detail_BMC = self.encoder.patch_embed(decoded)
         else:
             decoded = None
-            emb_BNC = self.latent_embed(z_t)
-        return self.encoder.forward_embeddings(emb_BNC), emb_BNC, decoded
+            detail_BMC = self.latent_embed(z_t)
+        return VisionFeatures(self.encoder.forward_embeddings(detail_BMC), detail_BMC, decoded)
 
-    def _tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        feats_BNC, emb_BNC, decoded = self._semantic(z_t)
-        return self.compressor(feats_BNC, self.semantic_grid_hw), emb_BNC, decoded
+    def compress(self, semantic_BMC: torch.Tensor) -> torch.Tensor:
+        """Semantic tokens on the latent grid → LLM tokens B,N,D (LayerNorm → unshuffle → MLP)."""
+        return self.compressor(semantic_BMC, self.semantic_grid_hw)
 
-    def semantic_tokens(self, z_t: torch.Tensor) -> torch.Tensor:
-        """Noisy latent → the semantic encoder's tokens B,N,C_enc (before compression): encoder(D(z_t))."""
-        return self._semantic(z_t)[0]
-
-    def tokenize(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noisy latent → (LLM tokens B,M,D, detail residual S(D(z_t)) B,N,C_enc)."""
-        llm_tokens, detail, _ = self._tokenize(z_t)
-        return llm_tokens, detail
-
-    def forward(
-        self, images_B3HW: torch.Tensor, t_B: torch.Tensor, generator: torch.Generator | None = None
-    ) -> TokenizerOutput:
-        """Encode, noise to the caller's t (1 = understanding, U(0,1) = generation) and tokenize."""
-        z1 = self.encode(images_B3HW)
-        z_t, z0 = self.add_noise(z1, t_B, generator)
-        llm_tokens, detail, decoded = self._tokenize(z_t)
-        return TokenizerOutput(z1=z1, z0=z0, z_t=z_t, llm_tokens=llm_tokens, detail=detail, decoded=decoded)
+    def forward(self, z_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (noisy) latent → (LLM tokens B,N,D, detail residual S(D(z_t)) B,M,C)."""
+        feats = self.features(z_t)
+        return self.compress(feats.semantic), feats.detail

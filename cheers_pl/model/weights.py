@@ -1,13 +1,15 @@
-"""The exported-model directory: a trained `CheersModel` that reloads with one call, no training code needed.
+"""The exported-model directory: a trained network that reloads with one call, no training code needed.
 
 Layout of `<dir>`:
     cheers_config.json   `CheersConfig` as JSON (pretrained paths cleared, vocabulary and head tying as built)
     model.safetensors    every parameter and buffer (tied LM head stored once; VAE normaliser statistics included)
-    tokenizer/           the text tokenizer with Cheers' special tokens and chat template (`save_pretrained`)
+    tokenizer/           the text tokenizer (written by `cheers_pl.pipeline.CheersPipeline.save_pretrained`)
 
-`save_pretrained(model, dir)` writes it, `load_pretrained(dir)` (= `CheersModel.from_pretrained(dir)`) rebuilds the
-architecture from the JSON and loads the weights strictly. JSON instead of YAML keeps `cheers_pl.model` free of
-omegaconf (R2); nested dataclasses are rebuilt field by field, and an unknown key is a `ValueError` naming it (R15).
+`CheersModel.save_pretrained(dir)` writes the first two through `save_weights`, `CheersModel.from_pretrained(dir)`
+rebuilds the architecture from the JSON and loads the weights strictly. JSON instead of YAML keeps
+`cheers_pl.model` free of omegaconf (R2); nested dataclasses are rebuilt field by field, and an unknown key is a
+`ValueError` naming it (R15). Names of earlier releases are renamed on load (`RENAMED_KEYS`): the vision tokenizer
+was `tokenizer`, it is `vision` now.
 """
 
 import dataclasses
@@ -17,15 +19,27 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_model, save_model
-
-from cheers_pl.data.text_tokenizer import load_tokenizer, save_tokenizer
-from cheers_pl.model.cheers import CheersConfig, CheersModel
+from safetensors.torch import load_file, save_model
+from torch import nn
 
 CONFIG_FILE = "cheers_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+# old top-level name -> new one, for model config keys and the parameter names below them
+RENAMED_KEYS = {"tokenizer": "vision"}
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A `CheersConfig` dict with the names of earlier releases renamed (`RENAMED_KEYS`)."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in data.items()}
+
+
+def upgrade_parameter_name(name: str, prefix: str = "") -> str:
+    """`<prefix>tokenizer.x` -> `<prefix>vision.x` (`RENAMED_KEYS`); other names unchanged."""
+    for old, new in RENAMED_KEYS.items():
+        if name.startswith(f"{prefix}{old}."):
+            return f"{prefix}{new}." + name[len(prefix) + len(old) + 1 :]
+    return name
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -57,49 +71,48 @@ def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def exported_config(model: CheersModel) -> CheersConfig:
-    """The model's config as built: no pretrained paths (the weights travel with it), actual vocab and tying."""
-    cfg = model.cfg
-    tok = cfg.tokenizer
-    return dataclasses.replace(
-        cfg,
-        llm=dataclasses.replace(
-            cfg.llm, pretrained=None, vocab_size=model.llm.vocab_size, tie_word_embeddings=model.llm.is_tied
-        ),
-        tokenizer=dataclasses.replace(
-            tok,
-            vae=dataclasses.replace(tok.vae, pretrained=None, subfolder=None),
-            encoder=dataclasses.replace(tok.encoder, pretrained=None),
-        ),
-    )
-
-
-def save_pretrained(model: CheersModel, directory: str | Path) -> Path:
-    """Writes config, weights and text tokenizer to `directory` (created); returns it."""
+def save_weights(model: nn.Module, cfg: Any, directory: str | Path) -> Path:
+    """Writes `cfg` as JSON and every tensor of `model` as safetensors to `directory` (created); returns it."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config_to_dict(exported_config(model)), indent=2))
+    (out / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=2))
     save_model(model, str(out / WEIGHTS_FILE))  # stores a shared (tied) tensor once
-    save_tokenizer(model.text_tokenizer, out / TOKENIZER_DIR)
     return out
 
 
-def load_pretrained(
-    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> CheersModel:
-    """Rebuilds the exported model (strict: every tensor present, no extra ones); eval mode.
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The config dict of an exported directory (renamed keys upgraded).
 
     Raises:
-        ValueError: when `directory` lacks one of the three parts, or the weights do not fit the config.
+        ValueError: when the directory lacks the config or the weights.
     """
     src = Path(directory)
-    missing = [p for p in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR) if not (src / p).exists()]
+    missing = [p for p in (CONFIG_FILE, WEIGHTS_FILE) if not (src / p).exists()]
     if missing:
         raise ValueError(f"{src} is not an exported Cheers model: missing {missing} (write it with save_pretrained)")
-    cfg = config_from_dict(CheersConfig, json.loads((src / CONFIG_FILE).read_text()))
-    model = CheersModel(cfg, load_tokenizer(str(src / TOKENIZER_DIR)))
     try:
-        load_model(model, str(src / WEIGHTS_FILE), strict=True)
+        return upgrade_config_dict(json.loads((src / CONFIG_FILE).read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{src / CONFIG_FILE}: not valid JSON ({err})") from err
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Loads `<directory>/model.safetensors` into `model` strictly (old parameter names renamed).
+
+    A tied tensor (the LM head) is stored once, under one of its names; the others count as loaded.
+
+    Raises:
+        ValueError: when the weights do not fit the model.
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    fits = f"{path} does not fit {Path(directory) / CONFIG_FILE}"
+    state = {upgrade_parameter_name(k): v for k, v in load_file(str(path)).items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise ValueError(f"{src / WEIGHTS_FILE} does not fit {src / CONFIG_FILE}: {err}") from err
-    return model.to(device=device, dtype=dtype).eval()
+        raise ValueError(f"{fits}: {err}") from err
+    tensors = model.state_dict(keep_vars=True)
+    loaded = {id(tensors[k]) for k in state if k in tensors}
+    missing = [k for k in missing if id(tensors[k]) not in loaded]
+    if missing or unexpected:
+        raise ValueError(f"{fits}: missing {missing[:8]}, unexpected {unexpected[:8]}")

@@ -1,4 +1,4 @@
-"""SigLIP sigmoid contrastive loss between image and text embeddings, plus image→caption top-1 retrieval.
+"""SigLIP sigmoid contrastive loss between image and text embeddings.
 
 Used by the `tokenizer` stage when the semantic encoder is trained from scratch with a small text tower.
 Every image–text pair is an independent binary problem: label +1 on the diagonal (matched), −1 elsewhere,
@@ -31,7 +31,7 @@ class SigmoidContrastiveLossConfig:
             raise ValueError(f"init_temperature must be > 0, got {self.init_temperature}")
 
 
-def _check_pair(img_emb_BD: torch.Tensor, txt_emb_BD: torch.Tensor) -> None:
+def check_pair(img_emb_BD: torch.Tensor, txt_emb_BD: torch.Tensor) -> None:
     if img_emb_BD.ndim != 2 or img_emb_BD.shape != txt_emb_BD.shape or img_emb_BD.shape[0] < 1:
         raise ValueError(
             f"image and text embeddings must both be B,D with B >= 1, got {tuple(img_emb_BD.shape)} "
@@ -51,7 +51,7 @@ class SigmoidContrastiveLoss(nn.Module):
 
     def logits(self, img_emb_BD: torch.Tensor, txt_emb_BD: torch.Tensor) -> torch.Tensor:
         """Pairwise logits t·cos(img_i, txt_j) + b. Returns B,B (rows images, columns texts)."""
-        _check_pair(img_emb_BD, txt_emb_BD)
+        check_pair(img_emb_BD, txt_emb_BD)
         cos_BB = F.normalize(img_emb_BD, dim=-1) @ F.normalize(txt_emb_BD, dim=-1).T
         return self.log_temperature.exp() * cos_BB + self.bias
 
@@ -60,12 +60,3 @@ class SigmoidContrastiveLoss(nn.Module):
         logits_BB = self.logits(img_emb_BD, txt_emb_BD)
         labels_BB = 2 * torch.eye(logits_BB.shape[0], device=logits_BB.device, dtype=logits_BB.dtype) - 1
         return -F.logsigmoid(labels_BB * logits_BB).mean()
-
-
-@torch.no_grad()
-def retrieval_top1(img_emb_BD: torch.Tensor, txt_emb_BD: torch.Tensor) -> float:
-    """Fraction of images whose most similar caption (cosine) is their own (image → caption top-1)."""
-    _check_pair(img_emb_BD, txt_emb_BD)
-    cos_BB = F.normalize(img_emb_BD.float(), dim=-1) @ F.normalize(txt_emb_BD.float(), dim=-1).T
-    hits = cos_BB.argmax(dim=1) == torch.arange(cos_BB.shape[0], device=cos_BB.device)
-    return hits.float().mean().item()

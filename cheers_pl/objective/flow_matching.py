@@ -1,7 +1,9 @@
-"""Rectified-flow training objective: time sampling, the linear path, target velocity and loss.
+"""Rectified-flow training objective: noise, time sampling, the linear path, target velocity and loss.
 
 Convention (DESIGN.md): `x_t = t·x1 + (1−t)·x0` with x1 data and x0 Gaussian noise, t = 1 is data, and the
-network predicts the velocity `v = x1 − x0`. Pure functions, no parameters (R3).
+network predicts the velocity `v = x1 − x0`. Pure functions, no parameters (R3). `training_losses` is the one place
+the process meets the network (in the spirit of DiT's `training_losses(model, x_start, t)`): it draws the noise,
+builds `x_t`, calls the network as a function of `(x_t, t)` and scores its velocity; every stage trains through it.
 
 Shape legend: B batch; tensors `x` have any shape (B, ...).
 
@@ -11,7 +13,9 @@ References:
     (logit-normal sampling, shift); Cheers, arXiv 2603.12793 (loss weight λ and slot masking).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,6 +64,11 @@ def sample_t(
     return t_B.to(device if device is not None else t_B.device)
 
 
+def noise_like(x1: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fresh standard-normal x0 of the shape, device and dtype of `x1` (one draw per element)."""
+    return torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+
+
 def _expand(t_B: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     t_B = t_B.to(device=x.device, dtype=x.dtype)
     return t_B.reshape(-1, *([1] * (x.ndim - 1))) if t_B.ndim == 1 else t_B
@@ -104,8 +113,49 @@ def flow_loss(
     if understanding_zero_target and weight_B is not None:
         target = target * _expand((weight_B > 0).to(target.dtype), target)
         weight_B = None
+    if v_pred.shape[0] == 0:  # no row to score (e.g. a text-only batch): a zero that keeps the graph
+        return v_pred.float().sum()
     mse_B = (v_pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     if weight_B is None:
         return mse_B.mean()
     w_B = weight_B.to(device=mse_B.device, dtype=mse_B.dtype)
     return (w_B * mse_B).sum() / w_B.sum().clamp_min(1e-12)
+
+
+@dataclass
+class FlowTerms:
+    """What `training_losses` computed: the loss, the path it used and the network's whole output."""
+
+    loss: torch.Tensor  # scalar velocity MSE (the caller applies λ)
+    x0: torch.Tensor  # noise
+    x_t: torch.Tensor  # the noisy input the network saw
+    output: Any  # what the network returned (has `.velocity`)
+
+
+def training_losses(
+    network: Callable[[torch.Tensor, torch.Tensor], Any],
+    x1: torch.Tensor,
+    t_B: torch.Tensor,
+    weight_B: torch.Tensor | None = None,
+    x0: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    understanding_zero_target: bool = False,
+) -> FlowTerms:
+    """Noise → `x_t` → `network(x_t, t)` → velocity loss against `x1 − x0`.
+
+    Args:
+        network: `(x_t, t_B) -> output` with `output.velocity` shaped like `x1` (the output may carry more, e.g.
+            the LLM's logits of the same pass).
+        x1: Clean data latents (B, ...).
+        t_B: Flow times (B,); t = 1 is data (understanding inputs), t ~ `sample_t` for generation targets.
+        weight_B: Per-sample loss weights (see `flow_loss`); None weighs all equally.
+        x0: The noise; default a fresh draw (`noise_like`, from `generator` when given).
+        understanding_zero_target: See `flow_loss`.
+    """
+    if t_B.shape != x1.shape[:1]:
+        raise ValueError(f"t_B must have shape ({x1.shape[0]},), got {tuple(t_B.shape)}")
+    x0 = noise_like(x1, generator) if x0 is None else x0.to(x1)
+    x_t = interpolate(x0, x1, t_B)
+    output = network(x_t, t_B.to(x1.dtype))
+    loss = flow_loss(output.velocity, x0, x1, weight_B, understanding_zero_target=understanding_zero_target)
+    return FlowTerms(loss=loss, x0=x0, x_t=x_t, output=output)

@@ -8,17 +8,15 @@ import fnmatch
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
-import torch
 from torch import nn
 
-from cheers_pl.config import ExperimentConfig, to_yaml
+from cheers_pl.checkpoint import CONFIG_KEY, config_yaml, read_checkpoint, upgrade_state_dict
 from cheers_pl.optim import OptimConfig, build_optimizer
 
 log = logging.getLogger(__name__)
-
-CONFIG_KEY = "cheers_config"
 
 
 @dataclass
@@ -65,11 +63,8 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
     """
     if shape_mismatch not in ("error", "skip"):
         raise ValueError(f"stage.init_shape_mismatch must be 'error' or 'skip', got {shape_mismatch!r}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as err:
-        raise ValueError(f"stage.init_from={path!r}: cannot read checkpoint ({err})") from err
-    state = {k: v for k, v in ckpt.get("state_dict", ckpt).items() if k.startswith("model.")}
+    ckpt = read_checkpoint(path, "stage.init_from")
+    state = {k: v for k, v in upgrade_state_dict(ckpt.get("state_dict", ckpt)).items() if k.startswith("model.")}
     own = module.state_dict()
     common = [k for k in state if k in own]
     if not common:
@@ -99,7 +94,8 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
 class StageModule(L.LightningModule):
     """Base LightningModule: subclasses build `self.model` and implement `training_step`/`validation_step`."""
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
+        """`cfg`: the whole experiment config (`cheers_pl.config.ExperimentConfig`); `cfg.stage` is this stage's."""
         super().__init__()
         self.cfg = cfg
         self.stage_cfg: StageConfig = cfg.stage
@@ -140,4 +136,4 @@ class StageModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CONFIG_KEY] = to_yaml(self.cfg)
+        checkpoint[CONFIG_KEY] = config_yaml(self.cfg)

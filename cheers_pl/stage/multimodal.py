@@ -1,34 +1,25 @@
 """The loss and public inference methods shared by the `align` and `generation` stages (composition, R4).
 
-`L = CE_text + λ·MSE(v̂, z1 − z0)` (DESIGN.md §1.3): understanding rows see their image clean (t = 1), generation
+`L = CE_text + λ·MSE(v̂, x1 − x0)` (DESIGN.md §1.3): understanding rows see their image clean (t = 1), generation
 rows a noisy latent at t from the flow objective's t-sampler; with probability `cond_drop_prob` a generation row's
 prompt tokens become `<no_mean>` (classifier-free guidance training).
 """
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from cheers_pl.config import ExperimentConfig
 from cheers_pl.data.batch import Batch
-from cheers_pl.data.processing import TASK_GENERATION
-from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, NO_MEAN, load_tokenizer
+from cheers_pl.data.tasks import TASK_GENERATION
+from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, NO_MEAN, load_text_tokenizer
 from cheers_pl.model.cheers import CheersModel
-from cheers_pl.model.generation import GenerationResult
-from cheers_pl.objective.flow_matching import FlowMatchingConfig, flow_loss, sample_t
+from cheers_pl.objective.flow_matching import FlowMatchingConfig, sample_t, training_losses
 from cheers_pl.objective.lm import lm_loss
+from cheers_pl.objective.sampling import SamplingConfig
+from cheers_pl.pipeline import CheersPipeline, GenerationResult
 from cheers_pl.stage.base import StageConfig, StageModule
-
-
-@dataclass
-class SamplingConfig:
-    """Defaults of `generate_images` (paper: 80 Euler steps, guidance 9.5, α = 0.5)."""
-
-    num_steps: int = 80
-    guidance_scale: float = 9.5
-    alpha: float = 0.5
-    sampler: str = "euler"
 
 
 @dataclass
@@ -41,7 +32,7 @@ class MultimodalStageConfig(StageConfig):
     cond_drop_prob: float = 0.0
     understanding_zero_target: bool = False  # the official code's zero-velocity target on understanding slots
     new_token_rows_only: bool = False  # train only the embedding rows of tokens the text tokenizer added
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # defaults of `generate_images`
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
@@ -49,13 +40,15 @@ class MultimodalStageConfig(StageConfig):
 
 
 class MultimodalStage(StageModule):
-    """Builds the whole `CheersModel`, trains the declared parameters on the joint loss."""
+    """Builds the whole `CheersModel` (and its text pipeline), trains the declared parameters on the joint loss."""
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.stage_cfg: MultimodalStageConfig = cfg.stage
-        text_tokenizer = load_tokenizer(cfg.data.tokenizer_path())
-        self.model = CheersModel(cfg.model, text_tokenizer)
+        text_tokenizer = load_text_tokenizer(cfg.data.text_tokenizer_path())
+        self.text_tokenizer = text_tokenizer
+        self.model = CheersModel(cfg.model, vocab_size=len(text_tokenizer))
+        self.pipeline = CheersPipeline(self.model, text_tokenizer, self.stage_cfg.sampling)
         if self.model.num_image_tokens != cfg.data.num_image_tokens:
             raise ValueError(
                 f"data.num_image_tokens={cfg.data.num_image_tokens} but the model makes "
@@ -88,18 +81,28 @@ class MultimodalStage(StageModule):
         replace_BL = batch.prompt_mask & drop_B[:, None]
         return torch.where(replace_BL, torch.full_like(batch.input_ids, self.no_mean_id), batch.input_ids)
 
-    def losses(self, batch: Batch, input_ids: torch.Tensor, t_B: torch.Tensor, z0=None) -> dict[str, torch.Tensor]:
-        out = self.model(input_ids, batch.pad_mask, batch.block_ids, batch.images, t_B, z0=z0)
-        is_gen = (batch.task == TASK_GENERATION) & out.has_image
-        if self.stage_cfg.understanding_zero_target:
-            weight = is_gen.float()
-            v, x0, x1 = out.velocity[out.has_image], out.z0[out.has_image], out.z1[out.has_image]
-            flow = flow_loss(v, x0, x1, weight[out.has_image], understanding_zero_target=True)
-        else:
-            flow = flow_loss(out.velocity, out.z0, out.z1, is_gen.float())
-        lm = lm_loss(out.logits, batch.labels)
-        total = self.stage_cfg.lm_weight * lm + self.stage_cfg.flow_weight * flow
-        return {"loss": total, "loss_lm": lm, "loss_flow": flow}
+    def losses(
+        self, batch: Batch, input_ids: torch.Tensor, t_B: torch.Tensor, x0: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`L = lm_weight·CE + flow_weight·MSE` of one pass; the flow terms cover the rows with an image block."""
+        rows_R = self.model.image_positions(batch.block_ids)[0]
+        x1_R = self.model.vision.encode(batch.images[rows_R])
+        is_gen_R = (batch.task[rows_R] == TASK_GENERATION).float()
+
+        def network(z_t_R: torch.Tensor, t_R: torch.Tensor) -> Any:
+            return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R)
+
+        flow = training_losses(
+            network,
+            x1_R,
+            t_B[rows_R],
+            is_gen_R,
+            x0=None if x0 is None else x0[rows_R],
+            understanding_zero_target=self.stage_cfg.understanding_zero_target,
+        )
+        lm = lm_loss(flow.output.logits, batch.labels)
+        total = self.stage_cfg.lm_weight * lm + self.stage_cfg.flow_weight * flow.loss
+        return {"loss": total, "loss_lm": lm, "loss_flow": flow.loss}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch, self._drop_condition(batch), self._flow_times(batch))
@@ -111,10 +114,10 @@ class MultimodalStage(StageModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         t_B = self._flow_times(batch, generator)
-        h, w = self.model.tokenizer.semantic_grid_hw
-        shape = (len(batch), self.model.tokenizer.latent_dim, h, w)
-        z0 = torch.randn(shape, generator=generator, device=self.device)
-        losses = self.losses(batch, batch.input_ids, t_B, z0=z0)
+        h, w = self.model.vision.semantic_grid_hw
+        shape = (len(batch), self.model.vision.latent_dim, h, w)
+        x0 = torch.randn(shape, generator=generator, device=self.device)
+        losses = self.losses(batch, batch.input_ids, t_B, x0=x0)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch), sync_dist=True)
 
     # ---- public methods for callbacks and commands (R10) ----
@@ -122,7 +125,7 @@ class MultimodalStage(StageModule):
     @torch.no_grad()
     def answer(self, images: torch.Tensor, questions: list[str], max_new_tokens: int = 16) -> list[str]:
         """Greedy, KV-cached answers to one question per image."""
-        return self.model.answer(images, questions, max_new_tokens=max_new_tokens)
+        return self.pipeline.answer(images, questions, max_new_tokens=max_new_tokens)
 
     @torch.no_grad()
     def generate_images(
@@ -135,15 +138,14 @@ class MultimodalStage(StageModule):
         sampler: str | None = None,
         record_gates: bool = False,
     ) -> GenerationResult:
-        """Text → images with the stage's sampling defaults for any argument left None."""
-        s = self.stage_cfg.sampling
-        return self.model.generate(
+        """Text → images with the stage's sampling defaults (`stage.sampling`) for any argument left None."""
+        return self.pipeline.generate(
             prompts,
             seed=seed,
-            num_steps=num_steps if num_steps is not None else s.num_steps,
-            guidance_scale=guidance_scale if guidance_scale is not None else s.guidance_scale,
-            alpha=alpha if alpha is not None else s.alpha,
-            sampler=sampler if sampler is not None else s.sampler,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            alpha=alpha,
+            sampler=sampler,
             record_gates=record_gates,
         )
 
@@ -162,10 +164,10 @@ class MultimodalStage(StageModule):
             raise ValueError("contrastive_embed needs model.contrastive (the tokenizer stage's text tower)")
         img_emb = txt_emb = None
         if images is not None:
-            tok = self.model.tokenizer
-            img_emb = towers.embed_images(tok.semantic_tokens(tok.encode(images)))
+            vision = self.model.vision
+            img_emb = towers.embed_images(vision.features(vision.encode(images)).semantic)
         if texts is not None:
-            enc = self.model.text_tokenizer(
+            enc = self.text_tokenizer(
                 list(texts), padding=True, truncation=True, max_length=towers.cfg.max_len, return_tensors="pt"
             )
             ids, mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device).bool()
@@ -175,4 +177,4 @@ class MultimodalStage(StageModule):
     @torch.no_grad()
     def semantic_features(self, images: torch.Tensor) -> torch.Tensor:
         """Mean-pooled semantic-encoder features of pixels B×3×H×W in [-1, 1] (the `semantic` FID network)."""
-        return self.model.tokenizer.encoder(images).mean(dim=1)
+        return self.model.vision.encoder(images).mean(dim=1)

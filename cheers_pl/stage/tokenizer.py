@@ -5,9 +5,10 @@ Three losses, each switched on by config and each training its own components (d
     element), + LPIPS when `lpips_weights` is a local file. Every `refresh_stats_every` steps (and at the last
     step) the BatchNorm normaliser statistics are recomputed exactly from the posterior means of the training
     batches seen since the previous refresh, summed over ranks.
-(b) Pixel decoder D: reconstructs the CLEAN image from `D(z_t)`, z_t = t·z1 + (1−t)·z0, with t = 1 for a fraction
+(b) Pixel decoder D: reconstructs the CLEAN image from `D(z_t)`, z_t = t·x1 + (1−t)·x0, with t = 1 for a fraction
     `clean_prob` of the images (the understanding input, whose fidelity PSNR measures) and t ~ U(t_min, 1)
     otherwise (what D sees during generation). `decoder_loss` "l1" (sharper, the default) or "mse".
+The loss functions and D's t-sampler are `cheers_pl.objective.reconstruction`; this module only orchestrates them.
 (c) Semantic encoder + text tower (when `model.contrastive` is set): sigmoid contrastive loss between the encoder's
     mean-pooled tokens of `D(z_t)` (detached: the contrastive loss never trains D) and the captions.
 D is a copy of the VAE decoder made at construction. When the VAE trains in the same run, D trains jointly on the
@@ -25,27 +26,34 @@ References:
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cheers_pl.config import ExperimentConfig
 from cheers_pl.data.batch import Batch
-from cheers_pl.data.text_tokenizer import load_tokenizer
+from cheers_pl.data.tasks import TASK_TEXT
+from cheers_pl.data.text_tokenizer import load_text_tokenizer
 from cheers_pl.model.contrastive_towers import ContrastiveTowers
 from cheers_pl.model.vision_tokenizer import VisionTokenizer
+from cheers_pl.objective.flow_matching import interpolate, noise_like
+from cheers_pl.objective.reconstruction import (
+    DECODER_LOSSES,
+    LPIPS_NETS,
+    build_lpips,
+    decoder_loss,
+    decoder_times,
+    vae_losses,
+)
 from cheers_pl.optim import OptimConfig
 from cheers_pl.stage.base import StageConfig, StageModule
 
-TEXT_TASK = 2  # `Batch.task` of text-only examples (cheers_pl.data.processing)
-DECODER_LOSSES = ("l1", "mse")
 # parameter-name prefix -> the loss that trains it (a trainable parameter outside these gets no gradient here)
 LOSS_OF_PREFIX = {
-    "model.tokenizer.vae.": "vae",
-    "model.tokenizer.pixel_decoder.": "decoder",
-    "model.tokenizer.encoder.": "contrastive",
-    "model.tokenizer.latent_embed.": "contrastive",
+    "model.vision.vae.": "vae",
+    "model.vision.pixel_decoder.": "decoder",
+    "model.vision.encoder.": "contrastive",
+    "model.vision.latent_embed.": "contrastive",
     "model.contrastive.": "contrastive",
 }
 
@@ -57,7 +65,7 @@ class TokenizerStageConfig(StageConfig):
     name: str = "tokenizer"
     trainable: list[str] = field(
         default_factory=lambda: [
-            "model.tokenizer.vae.*", "model.tokenizer.pixel_decoder.*", "model.tokenizer.encoder.*",
+            "model.vision.vae.*", "model.vision.pixel_decoder.*", "model.vision.encoder.*",
             "model.contrastive.*",
         ]
     )  # fmt: skip
@@ -90,39 +98,27 @@ class TokenizerStageConfig(StageConfig):
             raise ValueError(f"stage.refresh_stats_every must be >= 0, got {self.refresh_stats_every}")
         if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
             raise ValueError(f"stage.lpips_weights={self.lpips_weights!r}: no such file")
-        if self.lpips_net not in ("vgg", "alex", "squeeze"):
-            raise ValueError(f"stage.lpips_net={self.lpips_net!r} is not one of ('vgg', 'alex', 'squeeze')")
-
-
-def _build_lpips(path: str, net: str) -> nn.Module:
-    """torchmetrics' LPIPS network with every weight from `path` (built random first: nothing is downloaded)."""
-    from torchmetrics.functional.image.lpips import _LPIPS
-
-    module = _LPIPS(pretrained=False, net=net, pnet_rand=True)
-    try:
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError) as err:
-        raise ValueError(f"stage.lpips_weights={path!r}: not an LPIPS-{net} state dict ({err})") from err
-    return module.requires_grad_(False).eval()
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(f"stage.lpips_net={self.lpips_net!r} is not one of {LPIPS_NETS}")
 
 
 class TokenizerStage(StageModule):
-    """Orchestrates the VAE, pixel-decoder and contrastive losses over `model.tokenizer` / `model.contrastive`."""
+    """Orchestrates the VAE, pixel-decoder and contrastive losses over `model.vision` / `model.contrastive`."""
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         scfg: TokenizerStageConfig = cfg.stage
-        self.model = nn.Module()  # container: checkpoint keys model.tokenizer.* / model.contrastive.* (R5)
-        self.model.tokenizer = VisionTokenizer(cfg.model.tokenizer)
+        self.model = nn.Module()  # container: checkpoint keys model.vision.* / model.contrastive.* (R5)
+        self.model.vision = VisionTokenizer(cfg.model.vision)
         towers_cfg = getattr(cfg.model, "contrastive", None)
         self.text_tokenizer = None
         if towers_cfg is not None:
-            self.text_tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+            self.text_tokenizer = load_text_tokenizer(cfg.data.text_tokenizer_path())
             towers_cfg = replace(towers_cfg, vocab_size=len(self.text_tokenizer))
-            self.model.contrastive = ContrastiveTowers(towers_cfg, self.model.tokenizer.encoder.dim)
+            self.model.contrastive = ContrastiveTowers(towers_cfg, self.model.vision.encoder.dim)
         else:
             self.model.contrastive = None
-        self.lpips = _build_lpips(scfg.lpips_weights, scfg.lpips_net) if scfg.lpips_weights else None
+        self.lpips = build_lpips(scfg.lpips_weights, scfg.lpips_net) if scfg.lpips_weights else None
         if scfg.train_vae and scfg.refresh_stats_every == 0:
             warnings.warn(
                 "stage.refresh_stats_every=0: the VAE trains but its normaliser keeps its statistics", stacklevel=2
@@ -130,11 +126,11 @@ class TokenizerStage(StageModule):
         self._moments: torch.Tensor | None = None
         self.setup_trainable()
         if scfg.reset_pixel_decoder:
-            self.model.tokenizer.reset_pixel_decoder()
+            self.model.vision.reset_pixel_decoder()
         self._check_losses_reach_trainable()
 
     def _active_losses(self) -> set[str]:
-        scfg, tok = self.stage_cfg, self.model.tokenizer
+        scfg, tok = self.stage_cfg, self.model.vision
         active = {"vae"} if scfg.train_vae else set()
         if scfg.decoder_weight > 0 and tok.pixel_decoder is not None:
             active.add("decoder")
@@ -152,8 +148,8 @@ class TokenizerStage(StageModule):
                     f"stage.trainable selects {name!r}, but no active loss of the tokenizer stage trains it "
                     f"(active: {sorted(active)}; check train_vae, *_weight and model.contrastive)"
                 )
-        if self.stage_cfg.train_vae and not any(n.startswith("model.tokenizer.vae.") for n in names):
-            raise ValueError("stage.train_vae=true but stage.trainable selects no model.tokenizer.vae.* parameter")
+        if self.stage_cfg.train_vae and not any(n.startswith("model.vision.vae.") for n in names):
+            raise ValueError("stage.train_vae=true but stage.trainable selects no model.vision.vae.* parameter")
 
     # ---------------------------------------------------------------- losses
     def tokenize_captions(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,53 +161,41 @@ class TokenizerStage(StageModule):
         )
         return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
 
-    def _semantic_tokens(self, z_t: torch.Tensor, decoded: torch.Tensor | None) -> torch.Tensor:
-        tok = self.model.tokenizer
-        if decoded is not None:
-            return tok.encoder(decoded)
-        return tok.encoder.forward_embeddings(tok.latent_embed(z_t))
-
     def _vae_losses(self, images: torch.Tensor, sample: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        vae = self.model.tokenizer.vae
+        vae = self.model.vision.vae
         posterior = vae.autoencoder.encode(images).latent_dist
         raw_BChw = posterior.sample() if sample else posterior.mode()
         recon = vae.decode_raw(raw_BChw)
-        losses = {
-            "vae_l1": F.l1_loss(recon, images),
-            "vae_kl": posterior.kl().mean() / raw_BChw[0].numel(),
-        }
+        losses = vae_losses(recon, images, posterior.kl(), raw_BChw[0].numel())
         if self.lpips is not None:
             losses["vae_lpips"] = self.lpips(recon.clamp(-1, 1), images).mean()
         return losses, posterior.mode().detach()
 
     def compute_losses(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Unweighted losses of a batch (`vae_l1`, `vae_kl`, [`vae_lpips`], `decoder`, `contrastive`)."""
-        scfg, tok = self.stage_cfg, self.model.tokenizer
-        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TEXT_TASK]
+        scfg, vision = self.stage_cfg, self.model.vision
+        keep = [i for i, task in enumerate(batch.task.tolist()) if task != TASK_TEXT]
         if not keep:
             return {}
         images = batch.images[keep]
         losses: dict[str, torch.Tensor] = {}
         if scfg.train_vae:
-            vae_losses, raw_mean = self._vae_losses(images, sample=generator is None)
-            losses.update(vae_losses)
+            vae_terms, raw_mean = self._vae_losses(images, sample=generator is None)
+            losses.update(vae_terms)
             if self.training:
-                m = tok.vae.latent_moments(raw_mean, source="latents")
+                m = vision.vae.latent_moments(raw_mean, source="latents")
                 self._moments = m if self._moments is None else self._moments + m
-            z1 = tok.vae.from_raw(raw_mean)
+            x1 = vision.vae.from_raw(raw_mean)
         else:
-            z1 = tok.encode(images)
-        B = images.shape[0]
-        u = torch.rand(2, B, generator=generator, device=images.device)
-        t_B = torch.where(u[0] < scfg.clean_prob, torch.ones_like(u[1]), scfg.t_min + (1 - scfg.t_min) * u[1])
-        z_t, _ = tok.add_noise(z1, t_B, generator)
-        decoded = tok.pixel_decoder(tok.vae.to_raw(z_t)) if tok.pixel_decoder is not None else None
+            x1 = vision.encode(images)
+        t_B = decoder_times(images.shape[0], scfg.clean_prob, scfg.t_min, generator, images.device)
+        z_t = interpolate(noise_like(x1, generator), x1, t_B)
+        decoded = vision.decode_pixels(z_t) if vision.pixel_decoder is not None else None
         if "decoder" in self._active_losses():
-            loss_fn = F.l1_loss if scfg.decoder_loss == "l1" else F.mse_loss
-            losses["decoder"] = loss_fn(decoded, images)
+            losses["decoder"] = decoder_loss(decoded, images, scfg.decoder_loss)
         if "contrastive" in self._active_losses():
             towers = self.model.contrastive
-            semantic = self._semantic_tokens(z_t, None if decoded is None else decoded.detach())
+            semantic = vision.features(z_t, None if decoded is None else decoded.detach()).semantic
             ids, mask = self.tokenize_captions([str(batch.meta[i]["caption"]) for i in keep], images.device)
             losses["contrastive"] = towers.loss(towers.embed_images(semantic), towers.embed_texts(ids, mask))
         return losses
@@ -261,7 +245,7 @@ class TokenizerStage(StageModule):
         moments = self._moments
         if self._trainer is not None:
             moments = self.trainer.strategy.reduce(moments, reduce_op="sum")
-        self.model.tokenizer.vae.set_statistics(moments)
+        self.model.vision.vae.set_statistics(moments)
         self._moments = None
         return True
 
@@ -275,25 +259,23 @@ class TokenizerStage(StageModule):
         self, images: torch.Tensor, t_values: tuple[float, ...] = (1.0, 0.5), seed: int = 0
     ) -> dict[str, torch.Tensor]:
         """Reconstructions B,3,H,W: "vae" (VAE round trip) and "decoder_t{t}" = D(z_t) for each t (same noise)."""
-        tok = self.model.tokenizer
-        z1 = tok.encode(images)
-        out = {"vae": tok.vae.decode(z1)}
-        if tok.pixel_decoder is None:
+        vision = self.model.vision
+        x1 = vision.encode(images)
+        out = {"vae": vision.vae.decode(x1)}
+        if vision.pixel_decoder is None:
             return out
         for t in t_values:
-            generator = torch.Generator(device=images.device).manual_seed(seed)
-            z_t, _ = tok.add_noise(z1, torch.full((images.shape[0],), float(t), device=images.device), generator)
-            out[f"decoder_t{float(t)}"] = tok.pixel_decoder(tok.vae.to_raw(z_t))
+            x0 = noise_like(x1, torch.Generator(device=images.device).manual_seed(seed))
+            z_t = interpolate(x0, x1, torch.full((images.shape[0],), float(t), device=images.device))
+            out[f"decoder_t{float(t)}"] = vision.decode_pixels(z_t)
         return out
 
     @torch.no_grad()
     def contrastive_embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint-space embeddings (image B,E of the understanding path D(z1) → encoder; caption B',E)."""
+        """Joint-space embeddings (image B,E of the understanding path D(x1) → encoder; caption B',E)."""
         if self.model.contrastive is None:
             raise ValueError("contrastive_embed needs model.contrastive (the text tower) to be configured")
-        tok = self.model.tokenizer
-        z1 = tok.encode(images)
-        decoded = tok.pixel_decoder(tok.vae.to_raw(z1)) if tok.pixel_decoder is not None else None
-        img_emb = self.model.contrastive.embed_images(self._semantic_tokens(z1, decoded))
+        vision = self.model.vision
+        img_emb = self.model.contrastive.embed_images(vision.features(vision.encode(images)).semantic)
         ids, mask = self.tokenize_captions(list(texts), images.device)
         return img_emb, self.model.contrastive.embed_texts(ids, mask)

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cheers_pl.callbacks.clip_score import CLIPScoreCallback, CLIPScoreConfig, ContrastiveCLIPScore, local_clip_score
-from cheers_pl.callbacks.common import to_uint8
+from cheers_pl.callbacks.clip_score import CLIPScoreCallback, CLIPScoreConfig
+from cheers_pl.data.processing import to_uint8
+from cheers_pl.eval.clip_score import ContrastiveCLIPScore, local_clip_score
 from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 

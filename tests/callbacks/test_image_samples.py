@@ -7,7 +7,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cheers_pl.callbacks.common import to_unit
 from cheers_pl.callbacks.image_samples import (
     DEFAULT_PROMPTS,
     ImageSamplesCallback,
@@ -15,6 +14,7 @@ from cheers_pl.callbacks.image_samples import (
     figure_to_array,
     render_gate_heatmap,
 )
+from cheers_pl.data.processing import to_unit
 from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 

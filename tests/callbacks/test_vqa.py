@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader
 
-from cheers_pl.callbacks.vqa import VQACallback, VQAConfig, exact_match_by_category, normalize_answer
+from cheers_pl.callbacks.vqa import VQACallback, VQAConfig
 from tests.callbacks._generation_fakes import make_batch, make_trainer
 
 ROWS = [  # (task, question, answer, category)
@@ -62,23 +62,6 @@ def _validate(tmp_path, stage: AnsweringStage, cfg: VQAConfig, runs: int = 1) ->
     for _ in range(runs):
         trainer.validate(stage, dataloaders=_loader(), verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
-
-
-def test_normalize_answer_ignores_case_punctuation_and_whitespace() -> None:
-    assert normalize_answer("  Three.\n") == "three"
-    assert normalize_answer("Yes!") == normalize_answer("yes") == "yes"
-    assert normalize_answer("top  Left,") == "top left"
-    assert normalize_answer("3") != normalize_answer("three")
-
-
-def test_exact_match_by_category() -> None:
-    preds = ["Red!", "blue", " THREE ", "7", "no", "dotted"]
-    answers = ["red", "red", "three", "7", "yes", "dotted"]
-    categories = ["color", "color", "count", "digit", "relation", "made_up"]
-    scores = exact_match_by_category(preds, answers, categories)
-    assert scores == {"color": 0.5, "count": 1.0, "digit": 1.0, "relation": 0.0, "other": 1.0, "overall": 4 / 6}
-    with pytest.raises(ValueError, match="as many"):
-        exact_match_by_category(["a"], [], [])
 
 
 def test_oracle_scores_one_and_captions_and_generation_rows_are_excluded(tmp_path) -> None:

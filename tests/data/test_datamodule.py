@@ -14,9 +14,8 @@ from PIL import Image
 
 from cheers_pl.data.batch import Batch
 from cheers_pl.data.datamodule import CheersDataModule, DataConfig, ExampleStream
-from cheers_pl.data.processing import TASK_GENERATION, TASK_TEXT, TASK_UNDERSTANDING
 from cheers_pl.data.synthetic import SyntheticConfig, make_sample
-from cheers_pl.data.tasks import TaskWeights
+from cheers_pl.data.tasks import TASK_GENERATION, TASK_TEXT, TASK_UNDERSTANDING, TaskWeights
 from cheers_pl.data.webdataset import EventCounter, write_shard
 
 

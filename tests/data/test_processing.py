@@ -7,21 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cheers_pl.data.processing import (
-    IGNORE_INDEX,
-    SequenceBuilder,
-    decode_image,
-    generation_transform,
-    understanding_transform,
-)
-from cheers_pl.data.text_tokenizer import train_tokenizer
+from cheers_pl.data.processing import SequenceBuilder, decode_image, generation_transform, understanding_transform
+from cheers_pl.data.text_tokenizer import train_text_tokenizer
+from cheers_pl.objective.lm import IGNORE_INDEX
 
 N = 4
 
 
 @pytest.fixture(scope="module")
 def builder() -> SequenceBuilder:
-    tok = train_tokenizer(["describe the image a red circle how many objects two"] * 20, vocab_size=300)
+    tok = train_text_tokenizer(["describe the image a red circle how many objects two"] * 20, vocab_size=300)
     return SequenceBuilder(tok, num_image_tokens=N)
 
 
@@ -66,13 +61,13 @@ def test_understanding_pads_and_generation_crops() -> None:
 
 
 def _decode(builder: SequenceBuilder, ids: list[int]) -> str:
-    return builder.tokenizer.decode(ids)
+    return builder.text_tokenizer.decode(ids)
 
 
 def test_understanding_sequence_matches_chat_template_and_labels(builder: SequenceBuilder) -> None:
     seq = builder.understanding("how many objects?", "two")
     image = "<im_start>" + "<image>" * N + "<im_end>"
-    expected = builder.tokenizer.apply_chat_template(
+    expected = builder.text_tokenizer.apply_chat_template(
         [{"role": "user", "content": image + "\nhow many objects?"}, {"role": "assistant", "content": "two"}],
         tokenize=False,
     )

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, load_tokenizer
+from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, load_text_tokenizer
 from cheers_pl.data.webdataset import EventCounter, raw_samples, resolve_shards
 
 
@@ -20,7 +20,7 @@ def test_manifest_counts_match_the_shards(shard_dir: Path) -> None:
 
 
 def test_tokenizer_is_saved_with_the_special_tokens(shard_dir: Path) -> None:
-    tok = load_tokenizer(str(shard_dir / "tokenizer"))
+    tok = load_text_tokenizer(str(shard_dir / "tokenizer"))
     assert all(t in tok.get_vocab() for t in CHEERS_SPECIAL_TOKENS)
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_size"] == len(tok)

@@ -7,9 +7,9 @@ import pytest
 from cheers_pl.data.text_tokenizer import (
     CHEERS_SPECIAL_TOKENS,
     TURN_END,
-    load_tokenizer,
-    save_tokenizer,
-    train_tokenizer,
+    load_text_tokenizer,
+    save_text_tokenizer,
+    train_text_tokenizer,
 )
 
 CORPUS = ["a red striped circle on the left", "how many objects are there? three", "two blue squares"] * 20
@@ -17,7 +17,7 @@ CORPUS = ["a red striped circle on the left", "how many objects are there? three
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(CORPUS, vocab_size=300)
+    return train_text_tokenizer(CORPUS, vocab_size=300)
 
 
 def test_special_tokens_are_single_ids(tokenizer) -> None:
@@ -42,8 +42,8 @@ def test_chat_template_format(tokenizer) -> None:
 
 
 def test_save_and_load(tokenizer, tmp_path: Path) -> None:
-    save_tokenizer(tokenizer, tmp_path)
-    loaded = load_tokenizer(str(tmp_path))
+    save_text_tokenizer(tokenizer, tmp_path)
+    loaded = load_text_tokenizer(str(tmp_path))
     assert loaded.get_vocab() == tokenizer.get_vocab()
     assert loaded("two blue squares").input_ids == tokenizer("two blue squares").input_ids
     assert loaded.chat_template == tokenizer.chat_template
@@ -51,4 +51,4 @@ def test_save_and_load(tokenizer, tmp_path: Path) -> None:
 
 def test_missing_tokenizer_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no_tokenizer_here"):
-        load_tokenizer(str(tmp_path / "no_tokenizer_here"))
+        load_text_tokenizer(str(tmp_path / "no_tokenizer_here"))

@@ -1,4 +1,4 @@
-"""Tests for cheers_pl.model.vision_tokenizer: geometry, frozen VAE, noising, both encoder inputs."""
+"""Tests for cheers_pl.model.vision_tokenizer: geometry, frozen VAE, the semantic path, both encoder inputs."""
 
 import pytest
 import torch
@@ -15,23 +15,26 @@ def _images(n: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("encoder_input", ["pixels", "latents"])
 def test_tiny_shapes(encoder_input: str) -> None:
     tok = VisionTokenizer(VisionTokenizerConfig(encoder_input=encoder_input))
-    out = tok(_images(), torch.tensor([1.0, 0.3]))
-    assert out.z1.shape == out.z0.shape == out.z_t.shape == (2, 32, 8, 8)
-    assert out.llm_tokens.shape == (2, 16, 128) and out.detail.shape == (2, 64, 64)
+    x1 = tok.encode(_images())
+    feats = tok.features(x1)
+    llm_tokens, detail = tok(x1)
+    assert x1.shape == (2, 32, 8, 8)
+    assert llm_tokens.shape == (2, 16, 128) and detail.shape == feats.semantic.shape == (2, 64, 64)
     assert (tok.num_image_tokens, tok.grid_hw, tok.semantic_grid_hw) == (16, (4, 4), (8, 8))
     assert (tok.latent_dim, tok.detail_dim) == (32, 64)
     if encoder_input == "pixels":
-        assert out.decoded.shape == (2, 3, 64, 64) and tok.latent_embed is None
+        assert feats.decoded.shape == (2, 3, 64, 64) and tok.latent_embed is None
     else:
-        assert out.decoded is None and tok.pixel_decoder is None and tok.latent_embed is not None
+        assert feats.decoded is None and tok.pixel_decoder is None and tok.latent_embed is not None
 
 
 def test_full_size_geometry_on_meta_device() -> None:
     with torch.device("meta"):
         tok = VisionTokenizer(full_vision_tokenizer_config())
-        out = tok(torch.zeros(1, 3, 512, 512), torch.ones(1))
-    assert out.z1.shape == (1, 128, 32, 32)
-    assert out.detail.shape == (1, 1024, 1152) and out.llm_tokens.shape == (1, 256, 1536)
+        x1 = tok.encode(torch.zeros(1, 3, 512, 512))
+        llm_tokens, detail = tok(x1)
+    assert x1.shape == (1, 128, 32, 32)
+    assert detail.shape == (1, 1024, 1152) and llm_tokens.shape == (1, 256, 1536)
     assert tok.num_image_tokens == 256 and tok.semantic_grid_hw == (32, 32)
     decoder_params = sum(p.numel() for p in tok.pixel_decoder.parameters())
     assert 45e6 < decoder_params < 55e6  # DESIGN.md §1.4: decoder copy ≈ 50M
@@ -63,9 +66,10 @@ def test_images_shape_error() -> None:
 def test_gradients_reach_trainables_not_the_frozen_vae(encoder_input: str) -> None:
     tok = VisionTokenizer(VisionTokenizerConfig(encoder_input=encoder_input)).train()
     assert not tok.vae.training and tok.encoder.training  # train() keeps the VAE in eval mode
-    out = tok(_images(), torch.tensor([0.5, 0.9]))
-    (out.llm_tokens.square().mean() + out.detail.square().mean()).backward()
-    assert not out.z1.requires_grad
+    x1 = tok.encode(_images())
+    llm_tokens, detail = tok(0.7 * x1 + 0.3 * torch.randn_like(x1))
+    (llm_tokens.square().mean() + detail.square().mean()).backward()
+    assert not x1.requires_grad
     bypassed = {id(p) for p in tok.encoder.patch_embed_parameters()} if encoder_input == "latents" else set()
     for name, p in tok.named_parameters():
         if name.startswith("vae.") or id(p) in bypassed:
@@ -74,26 +78,18 @@ def test_gradients_reach_trainables_not_the_frozen_vae(encoder_input: str) -> No
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_add_noise_endpoints_and_generator() -> None:
-    tok = VisionTokenizer(VisionTokenizerConfig())
-    z1 = torch.randn(3, 32, 8, 8)
-    z_t, z0 = tok.add_noise(z1, torch.tensor([1.0, 0.0, 0.25]), torch.Generator().manual_seed(0))
-    assert torch.equal(z_t[0], z1[0]) and torch.equal(z_t[1], z0[1])
-    assert torch.allclose(z_t[2], 0.25 * z1[2] + 0.75 * z0[2])
-    _, z0_again = tok.add_noise(z1, torch.ones(3), torch.Generator().manual_seed(0))
-    assert torch.equal(z0, z0_again)
-    with pytest.raises(ValueError, match=r"t_B must have shape \(3,\), got \(1,\)"):
-        tok.add_noise(z1, torch.ones(1))
-
-
 def test_pixel_decoder_starts_as_the_vae_decoder_and_detail_is_patch_embed() -> None:
     tok = VisionTokenizer(VisionTokenizerConfig()).eval()
     with torch.no_grad():
-        out = tok(_images(), torch.ones(2))
-        assert torch.allclose(out.decoded, tok.vae.decode(out.z1), atol=1e-5)
+        x1 = tok.encode(_images())
+        out = tok.features(x1)
+        assert torch.allclose(out.decoded, tok.vae.decode(x1), atol=1e-5)
         assert torch.allclose(out.detail, tok.encoder.patch_embed(out.decoded), atol=1e-6)
-        tokens, detail = tok.tokenize(out.z1)  # t = 1: tokenising z_t is tokenising the clean latent
-    assert torch.allclose(tokens, out.llm_tokens, atol=1e-6) and torch.allclose(detail, out.detail, atol=1e-6)
+        assert torch.allclose(out.semantic, tok.encoder(out.decoded), atol=1e-6)
+        tokens, detail = tok(x1)
+        given = tok.features(x1, decoded=out.decoded)  # a given D(z_t) is used instead of decoding again
+    assert torch.equal(detail, out.detail) and torch.allclose(tokens, tok.compress(out.semantic), atol=1e-6)
+    assert torch.equal(given.semantic, out.semantic)
 
 
 def test_reset_pixel_decoder_copies_the_vae_decoder_again() -> None:
@@ -115,5 +111,5 @@ def test_deterministic_under_seed() -> None:
         torch.manual_seed(11)
         tok = VisionTokenizer(VisionTokenizerConfig()).eval()
         with torch.no_grad():
-            outs.append(tok(_images(), torch.full((2,), 0.5), torch.Generator().manual_seed(2)).llm_tokens)
+            outs.append(tok(tok.encode(_images()))[0])
     assert torch.equal(outs[0], outs[1])

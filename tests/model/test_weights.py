@@ -4,16 +4,20 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from cheers_pl.config import compose
-from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, load_tokenizer, train_tokenizer
+from cheers_pl.data.batch import left_pad
+from cheers_pl.data.processing import SequenceBuilder
+from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS, load_text_tokenizer, train_text_tokenizer
 from cheers_pl.model.cheers import CheersConfig, CheersModel
+from cheers_pl.model.contrastive_towers import ContrastiveTowersConfig
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vae import VAE, VAEConfig
 from cheers_pl.model.vision_encoder import VisionEncoderConfig, build_vision_encoder
-from cheers_pl.model.weights import CONFIG_FILE, config_from_dict, config_to_dict
+from cheers_pl.model.weights import CONFIG_FILE, WEIGHTS_FILE, config_from_dict, config_to_dict
 
 TEXTS = ["a red circle left of a blue square", "how many shapes are there? two", "what colour is it? green"] * 10
 
@@ -39,21 +43,21 @@ def test_pretrained_llm_tokenizer_siglip_and_vae_load_through_the_config(tmp_pat
     base_vocab = plain_tokenizer(tmp_path / "qwen")
     cfg = compose("tiny_generation", [
         f"model.llm.pretrained={tmp_path / 'qwen'}", f"data.text_tokenizer={tmp_path / 'qwen'}",
-        f"model.tokenizer.encoder.pretrained={tmp_path / 'siglip'}",
-        f"model.tokenizer.vae.pretrained={tmp_path / 'flux2'}", "model.tokenizer.vae.subfolder=vae",
+        f"model.vision.encoder.pretrained={tmp_path / 'siglip'}",
+        f"model.vision.vae.pretrained={tmp_path / 'flux2'}", "model.vision.vae.subfolder=vae",
     ])  # fmt: skip
-    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
-    model = CheersModel(cfg.model, tokenizer)
+    tokenizer = load_text_tokenizer(cfg.data.text_tokenizer_path())
+    model = CheersModel(cfg.model, vocab_size=len(tokenizer))
 
     assert all(t in tokenizer.get_vocab() for t in CHEERS_SPECIAL_TOKENS) and len(tokenizer) > base_vocab
     assert model.llm.vocab_size == cfg.model.llm.vocab_size >= len(tokenizer)  # fits: no resize needed
     for (name, got), want in zip(model.llm.state_dict().items(), llm.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want, msg=name)
-    for got, want in zip(model.tokenizer.encoder.state_dict().values(), encoder.state_dict().values(), strict=True):
+    for got, want in zip(model.vision.encoder.state_dict().values(), encoder.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want)
-    for got, want in zip(model.tokenizer.vae.state_dict().values(), vae.state_dict().values(), strict=True):
+    for got, want in zip(model.vision.vae.state_dict().values(), vae.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want)
-    decoder = model.tokenizer.pixel_decoder.decoder.state_dict()
+    decoder = model.vision.pixel_decoder.decoder.state_dict()
     for name, want in vae.autoencoder.decoder.state_dict().items():  # D starts as a copy of the loaded decoder
         torch.testing.assert_close(decoder[name], want)
 
@@ -62,33 +66,48 @@ def perturbed(model: CheersModel) -> CheersModel:
     with torch.no_grad():  # zero-initialised layers (adaLN, flow output, HFI gate) would hide a missing tensor
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        model.tokenizer.vae.autoencoder.bn.running_var.uniform_(0.5, 2.0)
+        model.vision.vae.autoencoder.bn.running_var.uniform_(0.5, 2.0)
     return model.eval()
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_export_reloads_with_one_call_and_equal_outputs(tmp_path, tied: bool) -> None:
-    model = perturbed(CheersModel(CheersConfig(llm=LLMConfig(tie_word_embeddings=tied)), train_tokenizer(TEXTS, 300)))
+    tok = train_text_tokenizer(TEXTS, 300)
+    cfg = CheersConfig(llm=LLMConfig(tie_word_embeddings=tied), contrastive=ContrastiveTowersConfig())
+    model = perturbed(CheersModel(cfg, vocab_size=len(tok)))
     model.save_pretrained(tmp_path / "export")
     saved = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
     assert saved["llm"]["vocab_size"] == model.llm.vocab_size and saved["llm"]["pretrained"] is None
+    assert saved["contrastive"]["vocab_size"] == len(tok) and "vision" in saved
 
     reloaded = CheersModel.from_pretrained(tmp_path / "export")
     assert reloaded.llm.is_tied == tied and not reloaded.training
-    assert reloaded.text_tokenizer.get_vocab() == model.text_tokenizer.get_vocab()
-    b = model.sequence_builder
-    seqs = [b.generation("a red circle"), b.understanding("how many shapes?", "two")]
-    from cheers_pl.model.generation import left_pad
-
-    ids, pad, blocks, _ = left_pad(seqs, b.ids["pad"])
-    images = torch.rand(2, 3, 64, 64) * 2 - 1
-    t, z0 = torch.tensor([0.3, 1.0]), torch.randn(2, 32, 8, 8)
+    b = SequenceBuilder(tok, model.num_image_tokens)
+    batch = left_pad([b.generation("a red circle"), b.understanding("how many shapes?", "two")], b.ids["pad"])
+    args = (batch.input_ids, batch.pad_mask, batch.block_ids, torch.randn(2, 32, 8, 8), torch.tensor([0.3, 1.0]))
     with torch.no_grad():
-        a = model(ids, pad, blocks, images, t, z0=z0)
-        c = reloaded(ids, pad, blocks, images, t, z0=z0)
+        a, c = model(*args), reloaded(*args)
     torch.testing.assert_close(c.logits, a.logits, rtol=0, atol=0)
     torch.testing.assert_close(c.velocity, a.velocity, rtol=0, atol=0)
     assert a.velocity.abs().sum() > 0
+
+
+def test_export_of_an_earlier_release_loads_with_renamed_keys(tmp_path) -> None:
+    """A directory written when the vision tokenizer was called `tokenizer` (config key and parameter names)."""
+    model = perturbed(CheersModel(CheersConfig()))
+    model.save_pretrained(tmp_path / "new")
+    (tmp_path / "old").mkdir()
+    data = json.loads((tmp_path / "new" / CONFIG_FILE).read_text())
+    data["tokenizer"] = data.pop("vision")
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(data))
+    state = {k.replace("vision.", "tokenizer.", 1): v for k, v in load_file(tmp_path / "new" / WEIGHTS_FILE).items()}
+    save_file(state, tmp_path / "old" / WEIGHTS_FILE)
+    reloaded = CheersModel.from_pretrained(tmp_path / "old")
+    for (name, got), want in zip(reloaded.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    save_file({k: v for k, v in state.items() if "flow_head" not in k}, tmp_path / "old" / WEIGHTS_FILE)
+    with pytest.raises(ValueError, match=r"does not fit .* missing \['flow_head"):
+        CheersModel.from_pretrained(tmp_path / "old")
 
 
 def test_config_round_trip_and_unknown_key() -> None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cheers_pl.objective.contrastive import SigmoidContrastiveLoss, SigmoidContrastiveLossConfig, retrieval_top1
+from cheers_pl.objective.contrastive import SigmoidContrastiveLoss, SigmoidContrastiveLossConfig
 
 
 def _pairs(b: int = 8, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,14 +47,6 @@ def test_gradients_reach_parameters_and_embeddings() -> None:
     loss(img, txt).backward()
     for t in (loss.log_temperature, loss.bias, img, txt):
         assert t.grad is not None and t.grad.abs().sum() > 0
-
-
-def test_retrieval_top1() -> None:
-    img, txt = _pairs()
-    assert retrieval_top1(img, txt) == 1.0
-    assert retrieval_top1(img, txt.roll(1, dims=0)) == 0.0
-    half = torch.cat([txt[:4], txt[4:].roll(1, dims=0)])
-    assert retrieval_top1(img, half) == 0.5
 
 
 def test_errors() -> None:

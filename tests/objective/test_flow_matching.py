@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -5,8 +7,10 @@ from cheers_pl.objective.flow_matching import (
     FlowMatchingConfig,
     flow_loss,
     interpolate,
+    noise_like,
     sample_t,
     target_velocity,
+    training_losses,
 )
 from cheers_pl.objective.sampling import warp_time
 
@@ -104,3 +108,33 @@ def test_config_validation():
         FlowMatchingConfig(t_sampling="beta")
     with pytest.raises(ValueError, match="shift"):
         FlowMatchingConfig(shift=0.0)
+
+
+def test_training_losses_oracle_network_gives_zero_and_sees_the_path():
+    """The network that returns x1 − x0 scores zero; it is called with x_t = t·x1 + (1−t)·x0 and the batch's t."""
+    x1, t = torch.randn(4, 3, 2, 2), torch.tensor([1.0, 0.0, 0.5, 0.25])
+    x0 = torch.randn_like(x1)
+    seen = {}
+
+    def oracle(x_t, t_B):
+        seen.update(x_t=x_t, t=t_B)
+        return SimpleNamespace(velocity=x1 - x0, extra="logits")
+
+    out = training_losses(oracle, x1, t, x0=x0)
+    assert out.loss == 0 and out.output.extra == "logits"
+    torch.testing.assert_close(seen["x_t"], interpolate(x0, x1, t))
+    assert torch.equal(seen["x_t"][0], x1[0]) and torch.equal(seen["x_t"][1], x0[1]) and torch.equal(seen["t"], t)
+    wrong = training_losses(lambda x_t, t_B: SimpleNamespace(velocity=torch.zeros_like(x1)), x1, t, x0=x0)
+    torch.testing.assert_close(wrong.loss, (x1 - x0).pow(2).mean())
+
+
+def test_training_losses_noise_is_seeded_and_shapes_are_checked():
+    x1, t = torch.randn(2, 5), torch.tensor([0.3, 0.6])
+    net = lambda x_t, t_B: SimpleNamespace(velocity=x_t)  # noqa: E731
+    a = training_losses(net, x1, t, generator=torch.Generator().manual_seed(1))
+    b = training_losses(net, x1, t, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.x0, noise_like(x1, torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match=r"t_B must have shape \(2,\)"):
+        training_losses(net, x1, t[:1])
+    empty = training_losses(net, x1[:0], t[:0])  # no image row in the batch: a zero, not NaN
+    assert empty.loss == 0 and not empty.loss.isnan()

@@ -3,6 +3,7 @@ import torch
 
 from cheers_pl.objective.sampling import (
     SAMPLERS,
+    SamplingConfig,
     euler,
     guided_velocity,
     heun,
@@ -60,13 +61,17 @@ def test_heun_beats_euler_on_state_dependent_field():
 def test_callback_receives_each_step_and_times_are_batched():
     seen = []
     x0 = torch.zeros(2, 3)
-    solve(lambda x, t: torch.ones_like(x), x0, num_steps=5, callback=lambda i, t, x, v: seen.append((i, t.clone())))
+    record = lambda i, t, x, v: seen.append((i, t.clone()))  # noqa: E731
+    solve(lambda x, t: torch.ones_like(x), x0, num_steps=5, alpha=1.0, sampler="euler", callback=record)
     assert [i for i, _ in seen] == list(range(5))
     assert all(t.shape == (2,) for _, t in seen)
     assert seen[0][1][0] == 0.0
     assert set(SAMPLERS) == {"euler", "heun"}
     with pytest.raises(ValueError, match="sampler"):
-        solve(lambda x, t: x, x0, 3, sampler="rk45")
+        solve(lambda x, t: x, x0, 3, alpha=1.0, sampler="rk45")
+    with pytest.raises(ValueError, match="sampling.sampler must be one of"):
+        SamplingConfig(sampler="rk45")
+    assert SamplingConfig() == SamplingConfig(num_steps=80, guidance_scale=9.5, alpha=0.5, sampler="euler")  # paper
 
 
 def _cond_uncond_fn(v_c: torch.Tensor, v_u: torch.Tensor):

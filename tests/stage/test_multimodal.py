@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cheers_pl.data.datamodule import CheersDataModule
-from cheers_pl.data.processing import TASK_GENERATION
+from cheers_pl.data.tasks import TASK_GENERATION
 from cheers_pl.data.text_tokenizer import CHEERS_SPECIAL_TOKENS
 from cheers_pl.stage import build_stage
 from cheers_pl.stage.base import match_trainable
@@ -28,7 +28,7 @@ def _step(stage, batch) -> dict[str, torch.Tensor]:
 
 
 def test_align_step_changes_exactly_the_declared_parameters(make_cfg) -> None:
-    cfg = make_cfg("tiny_align", "stage.trainable=[model.tokenizer.compressor.*,model.flow_head.*]")
+    cfg = make_cfg("tiny_align", "stage.trainable=[model.vision.compressor.*,model.flow_head.*]")
     stage = build_stage(cfg)
     names = [n for n, _ in stage.named_parameters()]
     declared = match_trainable(names, cfg.stage.trainable)
@@ -36,13 +36,13 @@ def test_align_step_changes_exactly_the_declared_parameters(make_cfg) -> None:
     changed = {n for n, p in stage.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= declared
     assert {n for n in changed if n.startswith("model.flow_head.")} and {n for n in changed if "compressor" in n}
-    assert not any(n.startswith(("model.llm.", "model.tokenizer.vae.", "model.tokenizer.encoder.")) for n in changed)
+    assert not any(n.startswith(("model.llm.", "model.vision.vae.", "model.vision.encoder.")) for n in changed)
 
 
 def test_frozen_modules_stay_in_eval_mode(make_cfg) -> None:
     stage = build_stage(make_cfg("tiny_align", "stage.trainable=[model.flow_head.*]"))
     stage.train()
-    assert not stage.model.llm.training and not stage.model.tokenizer.encoder.training
+    assert not stage.model.llm.training and not stage.model.vision.encoder.training
     assert stage.model.flow_head.training
 
 
@@ -55,7 +55,7 @@ def test_new_token_rows_only_keeps_pretrained_rows(make_cfg) -> None:
     old = weight.detach().clone()
     _step(stage, _batch(stage))
     new = torch.zeros(weight.shape[0], dtype=torch.bool)
-    new[stage.model.text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS))] = True
+    new[stage.text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS))] = True
     assert torch.equal(weight[~new], old[~new])
     assert not torch.equal(weight[new], old[new])
 
@@ -81,14 +81,14 @@ def test_cond_drop_prob_zero_keeps_prompts(make_cfg) -> None:
 def test_init_from_loads_exactly_the_model_weights(make_cfg, tmp_path: Path) -> None:
     source = build_stage(make_cfg("tiny_align"))
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
-    tokenizer_state = {k: v for k, v in state.items() if k.startswith("model.tokenizer.")}
+    tokenizer_state = {k: v for k, v in state.items() if k.startswith("model.vision.")}
     tokenizer_state["lpips.net.weight"] = torch.zeros(3)  # a non-model key of another stage: must be ignored
     path = tmp_path / "tok.ckpt"
     torch.save({"state_dict": tokenizer_state}, path)
     target = build_stage(make_cfg("tiny_align", f"stage.init_from={path}"))
     own = target.state_dict()
     for k, v in own.items():
-        if k.startswith("model.tokenizer."):
+        if k.startswith("model.vision."):
             assert torch.equal(v, state[k]), k
         else:
             assert not torch.equal(v, state[k]) or not v.is_floating_point(), k
@@ -117,7 +117,7 @@ def test_init_from_shape_mismatch_is_an_error_unless_skipped(make_cfg, tmp_path:
     source = build_stage(make_cfg("tiny_align"))
     path = tmp_path / "tok.ckpt"
     torch.save({"state_dict": source.state_dict()}, path)
-    variant = ("model.tokenizer.compression=1", "data.num_image_tokens=64", "data.max_seq_len=192")
+    variant = ("model.vision.compression=1", "data.num_image_tokens=64", "data.max_seq_len=192")
     variant = (*variant, f"stage.init_from={path}")
     with pytest.raises(ValueError, match="compressor"):
         build_stage(make_cfg("tiny_align", *variant))

@@ -30,7 +30,7 @@ def _cfg(shard_dir, contrastive: bool = True, **stage) -> ExperimentConfig:
     return ExperimentConfig(
         name="t",
         data=DataConfig(shard_dir=str(shard_dir), image_size=32),
-        model=types.SimpleNamespace(tokenizer=_tokenizer_cfg(), contrastive=towers),
+        model=types.SimpleNamespace(vision=_tokenizer_cfg(), contrastive=towers),
         stage=TokenizerStageConfig(**stage),
     )
 
@@ -61,32 +61,32 @@ def test_one_step_changes_exactly_the_declared_parameters(shard_dir) -> None:
     # attention key biases get exactly zero gradient (softmax is shift-invariant), so they cannot move
     assert set(changed) <= declared and all(n.endswith("to_k.bias") for n in declared - set(changed))
     prefixes = (
-        "model.tokenizer.vae.",
-        "model.tokenizer.pixel_decoder.",
-        "model.tokenizer.encoder.",
+        "model.vision.vae.",
+        "model.vision.pixel_decoder.",
+        "model.vision.encoder.",
         "model.contrastive.",
     )
     assert all(any(n.startswith(p) for n in changed) for p in prefixes)
-    assert not any(n.startswith("model.tokenizer.compressor.") for n in changed)
+    assert not any(n.startswith("model.vision.compressor.") for n in changed)
 
 
 def test_frozen_vae_is_untouched_without_train_vae(shard_dir) -> None:
-    trainable = ["model.tokenizer.pixel_decoder.*", "model.tokenizer.encoder.*", "model.contrastive.*"]
+    trainable = ["model.vision.pixel_decoder.*", "model.vision.encoder.*", "model.contrastive.*"]
     stage = TokenizerStage(_cfg(shard_dir, train_vae=False, refresh_stats_every=0, trainable=trainable))
-    vae_state = {k: v.clone() for k, v in stage.model.tokenizer.vae.state_dict().items()}
+    vae_state = {k: v.clone() for k, v in stage.model.vision.vae.state_dict().items()}
     changed = _one_step(stage, _batch())
-    assert changed and not any(n.startswith("model.tokenizer.vae.") for n in changed)
-    assert all(torch.equal(v, stage.model.tokenizer.vae.state_dict()[k]) for k, v in vae_state.items())
+    assert changed and not any(n.startswith("model.vision.vae.") for n in changed)
+    assert all(torch.equal(v, stage.model.vision.vae.state_dict()[k]) for k, v in vae_state.items())
     assert "vae_l1" not in stage.compute_losses(_batch())
 
 
 def test_trainable_errors_name_the_key(shard_dir) -> None:
-    with pytest.raises(ValueError, match="model.tokenizer.nope"):
-        TokenizerStage(_cfg(shard_dir, trainable=["model.tokenizer.nope.*"]))
+    with pytest.raises(ValueError, match="model.vision.nope"):
+        TokenizerStage(_cfg(shard_dir, trainable=["model.vision.nope.*"]))
     with pytest.raises(ValueError, match="no active loss"):  # encoder declared but no contrastive towers
-        TokenizerStage(_cfg(shard_dir, contrastive=False, trainable=["model.tokenizer.*"]))
+        TokenizerStage(_cfg(shard_dir, contrastive=False, trainable=["model.vision.*"]))
     with pytest.raises(ValueError, match="train_vae"):
-        TokenizerStage(_cfg(shard_dir, trainable=["model.tokenizer.pixel_decoder.*"]))
+        TokenizerStage(_cfg(shard_dir, trainable=["model.vision.pixel_decoder.*"]))
     with pytest.raises(ValueError, match="lpips_weights"):
         TokenizerStageConfig(lpips_weights="/no/such/lpips.pth")
     with pytest.raises(ValueError, match="decoder_loss"):
@@ -101,7 +101,7 @@ def test_trainable_errors_name_the_key(shard_dir) -> None:
             {
                 "train_vae": False,
                 "refresh_stats_every": 0,
-                "trainable": ["model.tokenizer.encoder.*", "model.contrastive.*"],
+                "trainable": ["model.vision.encoder.*", "model.contrastive.*"],
             },
             ("contrastive",),
         ),
@@ -129,7 +129,7 @@ def test_refresh_statistics_sets_population_moments(shard_dir) -> None:
     batch = _batch()
     stage.compute_losses(batch)
     assert stage.refresh_statistics()
-    vae = stage.model.tokenizer.vae
+    vae = stage.model.vision.vae
     with torch.no_grad():
         z = vae.encode(batch.images)
     assert z.mean(dim=(0, 2, 3)).abs().max() < 1e-4
@@ -149,5 +149,5 @@ def test_reconstruct_and_contrastive_embed(shard_dir) -> None:
     assert img.shape == txt.shape == (4, 16)
     with pytest.raises(ValueError, match="contrastive"):
         TokenizerStage(
-            _cfg(shard_dir, contrastive=False, trainable=["model.tokenizer.vae.*", "model.tokenizer.pixel_decoder.*"])
+            _cfg(shard_dir, contrastive=False, trainable=["model.vision.vae.*", "model.vision.pixel_decoder.*"])
         ).contrastive_embed(images, CAPTIONS)

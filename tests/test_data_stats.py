@@ -1,11 +1,11 @@
-"""data-stats command (cheers_pl/data/stats.py)."""
+"""data-stats command (cheers_pl/data_stats.py)."""
 
 from pathlib import Path
 
 import pytest
 
 from cheers_pl.config import compose
-from cheers_pl.data.stats import DataStatsArgs, run
+from cheers_pl.data_stats import DataStatsArgs, run
 
 
 def test_counts_tasks_of_the_requested_number_of_samples(shard_dir: Path) -> None:
