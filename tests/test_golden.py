@@ -4,11 +4,13 @@ The model config is pinned here (later changes of the tiny preset do not move it
 tokenizer and the expected outputs are fixtures (`tests/fixtures/golden/`), recorded once before the layering moves
 of the code and checked after every one: a refactor that claims "behaviour unchanged" must leave all of them equal.
 Re-record (`python -m tests.test_golden`) only for an intended change of behaviour, and say so in the commit.
+The fixtures were recorded with 2 intra-op threads; CPU reductions split by thread count, so the test pins 2.
 """
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
@@ -105,7 +107,18 @@ def outputs(pipe: CheersPipeline) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"answers": answers}
 
 
-def test_golden_outputs_unchanged() -> None:
+THREADS = 2
+
+
+@pytest.fixture
+def pinned_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_golden_outputs_unchanged(pinned_threads) -> None:
     tensors, texts = outputs(golden_pipeline())
     expected = load_file(GOLDEN / "outputs.safetensors")
     assert set(tensors) == set(expected)
@@ -136,4 +149,5 @@ def record() -> None:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(THREADS)
     record()
