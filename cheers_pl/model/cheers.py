@@ -218,27 +218,59 @@ class CheersModel(nn.Module):
         Returns:
             `CheersOutput`: logits B×L×V, velocity R×P×h×w, rows R, gates R×M or None.
         """
-        rows_R, cols_RN = self.image_positions(block_ids)
-        R = rows_R.numel()
+        R = self.image_positions(block_ids)[0].numel()
         h, w = self.vision.semantic_grid_hw
         expected = (R, self.vision.latent_dim, h, w)
         if R and (z_t is None or tuple(z_t.shape) != expected):
             got = None if z_t is None else tuple(z_t.shape)
             raise ValueError(f"z_t must have shape {expected} (rows with an image block, P, h, w), got {got}")
-        if R and (t is None or t.shape != (R,)):
-            raise ValueError(f"t must have shape ({R},), got {None if t is None else tuple(t.shape)}")
         tokens_RND = detail_RMC = None
         if R:
             tokens_RND, detail_RMC = self.vision(z_t)
-        embeds_BLD = self.embed(input_ids, block_ids, tokens_RND)
+        return self.forward_tokens(input_ids, pad_mask, block_ids, tokens_RND, t, detail_RMC, return_gates=return_gates)
+
+    def forward_tokens(
+        self,
+        input_ids: torch.Tensor,
+        pad_mask: torch.Tensor,
+        block_ids: torch.Tensor,
+        image_tokens_RND: torch.Tensor | None,
+        t_F: torch.Tensor | None,
+        detail_FMC: torch.Tensor | None,
+        flow_rows_F: torch.Tensor | None = None,
+        return_gates: bool = False,
+    ) -> CheersOutput:
+        """`forward` after the vision tokenizer: the LLM on given image tokens, the flow head on chosen image rows.
+
+        Lets a caller tokenise some rows itself (e.g. from cached features of a frozen encoder) and run the flow
+        head only on the rows whose flow loss counts (generation targets).
+
+        Args:
+            image_tokens_RND: LLM tokens of the R image rows, in row order (None when no row has a block).
+            t_F: Flow times of the F rows that go through the flow head.
+            detail_FMC: Their detail residuals S(D(z_t)).
+            flow_rows_F: Long indices into the R image rows of those F rows (default: all R rows).
+
+        Returns:
+            `CheersOutput` with velocity F×P×h×w and `rows` the F batch rows it belongs to.
+        """
+        rows_R, cols_RN = self.image_positions(block_ids)
+        flow_R = rows_R if flow_rows_F is None else rows_R[flow_rows_F]
+        F = flow_R.numel()
+        if F and (t_F is None or t_F.shape != (F,)):
+            raise ValueError(f"t must have shape ({F},), got {None if t_F is None else tuple(t_F.shape)}")
+        embeds_BLD = self.embed(input_ids, block_ids, image_tokens_RND)
         out = self.llm(embeds_BLD, block_causal_mask(block_ids, pad_mask), positions_from_padding(pad_mask))
-        if not R:
-            velocity = embeds_BLD.new_zeros(expected)
+        h, w = self.vision.semantic_grid_hw
+        if not F:
+            velocity = embeds_BLD.new_zeros(0, self.vision.latent_dim, h, w)
             gates = embeds_BLD.new_zeros(0, h * w) if return_gates else None
-            return CheersOutput(out.logits_BLV, velocity, rows_R, gates)
-        hidden_RND = out.hidden_BLD[rows_R[:, None], cols_RN]
-        v_R, gate_RM = self.flow_head(hidden_RND, t.to(z_t.dtype), detail_RMC, self.vision.grid_hw, return_gate=True)
-        return CheersOutput(out.logits_BLV, v_R, rows_R, gate_RM if return_gates else None)
+            return CheersOutput(out.logits_BLV, velocity, flow_R, gates)
+        cols_FN = cols_RN if flow_rows_F is None else cols_RN[flow_rows_F]
+        hidden_FND = out.hidden_BLD[flow_R[:, None], cols_FN]
+        grid = self.vision.grid_hw
+        v_F, gate_FM = self.flow_head(hidden_FND, t_F.to(detail_FMC.dtype), detail_FMC, grid, return_gate=True)
+        return CheersOutput(out.logits_BLV, v_F, flow_R, gate_FM if return_gates else None)
 
     @torch.no_grad()
     def answer_ids(

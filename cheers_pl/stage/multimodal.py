@@ -5,6 +5,7 @@ rows a noisy latent at t from the flow objective's t-sampler; with probability `
 prompt tokens become `<no_mean>` (classifier-free guidance training).
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from cheers_pl.objective.lm import lm_loss
 from cheers_pl.objective.sampling import SamplingConfig
 from cheers_pl.pipeline import CheersPipeline, GenerationResult
 from cheers_pl.stage.base import StageConfig, StageModule
+from cheers_pl.stage.cache import FrozenCache
 
 
 @dataclass
@@ -33,10 +35,16 @@ class MultimodalStageConfig(StageConfig):
     understanding_zero_target: bool = False  # the official code's zero-velocity target on understanding slots
     new_token_rows_only: bool = False  # train only the embedding rows of tokens the text tokenizer added
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # defaults of `generate_images`
+    # memoise per sample what frozen modules compute (VAE latents; clean semantic tokens while D and the encoder
+    # are frozen): RAM grows by ~(P·h·w + M·C)·4 bytes per distinct sample, so meant for small worlds (tiny preset)
+    cache_frozen: bool = False
+    cache_max_items: int = 50_000
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"stage.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+        if self.cache_max_items < 0:
+            raise ValueError(f"stage.cache_max_items must be >= 0, got {self.cache_max_items}")
 
 
 class MultimodalStage(StageModule):
@@ -58,6 +66,13 @@ class MultimodalStage(StageModule):
         self.setup_trainable()
         if self.stage_cfg.new_token_rows_only:
             self._restrict_embedding_grad(text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS)))
+        vision = self.model.vision
+        vae_frozen = not any(p.requires_grad for p in vision.vae.parameters())
+        semantic_modules = [m for m in (vision.pixel_decoder, vision.latent_embed, vision.encoder) if m is not None]
+        self.semantic_frozen = not any(p.requires_grad for m in semantic_modules for p in m.parameters())
+        on, cap = self.stage_cfg.cache_frozen, self.stage_cfg.cache_max_items
+        self.latent_cache = FrozenCache(on and vae_frozen, cap)
+        self.semantic_cache = FrozenCache(on and vae_frozen and self.semantic_frozen, cap)
 
     def _restrict_embedding_grad(self, new_ids: list[int]) -> None:
         """Masks the embedding gradient so only the rows of the added Cheers tokens move (paper: align stage)."""
@@ -81,10 +96,57 @@ class MultimodalStage(StageModule):
         replace_BL = batch.prompt_mask & drop_B[:, None]
         return torch.where(replace_BL, torch.full_like(batch.input_ids, self.no_mean_id), batch.input_ids)
 
+    def _row_keys(self, batch: Batch, rows: torch.Tensor) -> list[str]:
+        return [f"{batch.keys[r]}/{int(batch.task[r])}" for r in rows.tolist()]
+
+    def _semantic_context(self) -> Any:
+        return torch.no_grad() if self.semantic_frozen else contextlib.nullcontext()
+
     def losses(
         self, batch: Batch, input_ids: torch.Tensor, t_B: torch.Tensor, x0: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """`L = lm_weight·CE + flow_weight·MSE` of one pass; the flow terms cover the rows with an image block."""
+        """`L = lm_weight·CE + flow_weight·MSE` of one pass.
+
+        Every image row is tokenised into the LLM: understanding rows from their clean latent (t = 1), generation
+        rows from `x_t` of the flow path; the flow head runs on the generation rows only, whose velocity is the
+        flow loss (`understanding_zero_target` instead runs it on every image row, as the official code).
+        """
+        if self.stage_cfg.understanding_zero_target:
+            return self._losses_every_image_row(batch, input_ids, t_B, x0)
+        model, vision = self.model, self.model.vision
+        rows_R = model.image_positions(batch.block_ids)[0]
+        keys_R = self._row_keys(batch, rows_R)
+        x1_R = self.latent_cache(keys_R, lambda i: vision.encode(batch.images[rows_R[i]]), self.device)
+        is_gen_R = batch.task[rows_R] == TASK_GENERATION
+        gen_G, und_U = is_gen_R.nonzero().squeeze(1), (~is_gen_R).nonzero().squeeze(1)
+
+        def clean_semantic(i: list[int]) -> torch.Tensor:
+            with self._semantic_context():
+                return vision.features(x1_R[und_U[i]]).semantic
+
+        semantic_U = self.semantic_cache([keys_R[u] for u in und_U.tolist()], clean_semantic, self.device)
+
+        def network(z_t_G: torch.Tensor, t_G: torch.Tensor) -> Any:
+            tokens_R = detail_G = None
+            if rows_R.numel():
+                semantic_R = x1_R.new_zeros(rows_R.numel(), vision.encoder.num_tokens, vision.encoder.dim)
+                if gen_G.numel():
+                    with self._semantic_context():
+                        feats = vision.features(z_t_G)
+                    detail_G = feats.detail
+                    semantic_R = semantic_R.to(feats.semantic.dtype).index_copy(0, gen_G, feats.semantic)
+                semantic_R = semantic_R.index_copy(0, und_U, semantic_U.to(semantic_R.dtype))
+                tokens_R = vision.compress(semantic_R)
+            return model.forward_tokens(input_ids, batch.pad_mask, batch.block_ids, tokens_R, t_G, detail_G, gen_G)
+
+        x0_G = None if x0 is None else x0[rows_R[gen_G]]
+        flow = training_losses(network, x1_R[gen_G], t_B[rows_R[gen_G]], x0=x0_G)
+        return self._total(flow.output.logits, batch.labels, flow.loss)
+
+    def _losses_every_image_row(
+        self, batch: Batch, input_ids: torch.Tensor, t_B: torch.Tensor, x0: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The official zero-target variant: the flow head on every image row, target 0 on understanding rows."""
         rows_R = self.model.image_positions(batch.block_ids)[0]
         x1_R = self.model.vision.encode(batch.images[rows_R])
         is_gen_R = (batch.task[rows_R] == TASK_GENERATION).float()
@@ -92,17 +154,14 @@ class MultimodalStage(StageModule):
         def network(z_t_R: torch.Tensor, t_R: torch.Tensor) -> Any:
             return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R)
 
-        flow = training_losses(
-            network,
-            x1_R,
-            t_B[rows_R],
-            is_gen_R,
-            x0=None if x0 is None else x0[rows_R],
-            understanding_zero_target=self.stage_cfg.understanding_zero_target,
-        )
-        lm = lm_loss(flow.output.logits, batch.labels)
-        total = self.stage_cfg.lm_weight * lm + self.stage_cfg.flow_weight * flow.loss
-        return {"loss": total, "loss_lm": lm, "loss_flow": flow.loss}
+        x0_R = None if x0 is None else x0[rows_R]
+        flow = training_losses(network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True)
+        return self._total(flow.output.logits, batch.labels, flow.loss)
+
+    def _total(self, logits: torch.Tensor, labels: torch.Tensor, flow: torch.Tensor) -> dict[str, torch.Tensor]:
+        lm = lm_loss(logits, labels)
+        total = self.stage_cfg.lm_weight * lm + self.stage_cfg.flow_weight * flow
+        return {"loss": total, "loss_lm": lm, "loss_flow": flow}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch, self._drop_condition(batch), self._flow_times(batch))

@@ -125,3 +125,51 @@ def test_init_from_shape_mismatch_is_an_error_unless_skipped(make_cfg, tmp_path:
         stage = build_stage(make_cfg("tiny_align", "stage.init_shape_mismatch=skip", *variant))
     own, src = stage.state_dict(), source.state_dict()
     assert torch.equal(own["model.llm.hf.model.norm.weight"], src["model.llm.hf.model.norm.weight"])
+
+
+def test_flow_loss_covers_generation_rows_and_matches_the_manual_objective(make_cfg) -> None:
+    """The flow head runs on generation rows only; the loss equals MSE(v, x1 − x0) over them, CE over all rows."""
+    from cheers_pl.objective.flow_matching import interpolate
+
+    stage = build_stage(make_cfg("tiny_generation")).eval()
+    batch = _batch(stage)
+    gen = (batch.task == TASK_GENERATION) & (batch.block_ids > 0).any(dim=1)
+    assert gen.any() and (~gen & (batch.block_ids > 0).any(dim=1)).any()  # both kinds of image row
+    g = torch.Generator().manual_seed(0)
+    t = torch.where(gen, torch.rand(len(batch), generator=g), torch.ones(len(batch)))
+    x0 = torch.randn(len(batch), 32, 8, 8, generator=g)
+    with torch.no_grad():
+        losses = stage.losses(batch, batch.input_ids, t, x0=x0)
+        rows = stage.model.image_positions(batch.block_ids)[0]
+        x1 = stage.model.vision.encode(batch.images[rows])
+        z_t = torch.where(gen[rows, None, None, None], interpolate(x0[rows], x1, t[rows]), x1)
+        out = stage.model(batch.input_ids, batch.pad_mask, batch.block_ids, z_t, t[rows])
+    is_gen = gen[rows]
+    manual = (out.velocity[is_gen] - (x1 - x0[rows])[is_gen]).pow(2).flatten(1).mean(1).mean()
+    torch.testing.assert_close(losses["loss_flow"], manual, rtol=1e-5, atol=1e-6)
+    from cheers_pl.objective.lm import lm_loss
+
+    torch.testing.assert_close(losses["loss_lm"], lm_loss(out.logits, batch.labels), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_cache_reuses_latents_and_semantic_tokens_with_equal_losses(make_cfg) -> None:
+    plain = build_stage(make_cfg("tiny_align")).eval()
+    cached = build_stage(make_cfg("tiny_align", "stage.cache_frozen=true")).eval()
+    cached.load_state_dict(plain.state_dict())
+    batch = _batch(plain)
+    t = torch.ones(len(batch))
+    x0 = torch.randn(len(batch), 32, 8, 8)
+    assert cached.semantic_frozen and cached.semantic_cache.enabled and not plain.latent_cache.enabled
+    with torch.no_grad():
+        want = plain.losses(batch, batch.input_ids, t, x0=x0)
+        first = cached.losses(batch, batch.input_ids, t, x0=x0)
+        again = cached.losses(batch, batch.input_ids, t, x0=x0)
+    assert cached.latent_cache.hits == cached.latent_cache.misses > 0  # the second pass hit every row
+    assert cached.semantic_cache.hits == cached.semantic_cache.misses > 0
+    for key in want:
+        torch.testing.assert_close(first[key], want[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(again[key], first[key], rtol=1e-5, atol=1e-6)
+    trainable_encoder = build_stage(
+        make_cfg("tiny_align", "stage.cache_frozen=true", "stage.trainable=[model.vision.encoder.*]")
+    )
+    assert trainable_encoder.latent_cache.enabled and not trainable_encoder.semantic_cache.enabled
