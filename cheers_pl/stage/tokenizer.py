@@ -48,6 +48,7 @@ from cheers_pl.objective.reconstruction import (
 from cheers_pl.optim import OptimConfig
 from cheers_pl.stage.base import StageConfig, StageModule
 
+CONTRASTIVE_INPUTS = ("decoded", "pixels")
 # parameter-name prefix -> the loss that trains it (a trainable parameter outside these gets no gradient here)
 LOSS_OF_PREFIX = {
     "model.vision.vae.": "vae",
@@ -82,6 +83,9 @@ class TokenizerStageConfig(StageConfig):
     t_min: float = 0.5  # D's noisy inputs use t ~ U(t_min, 1)
     clean_prob: float = 0.5  # fraction of images decoded from the clean latent (t = 1)
     contrastive_weight: float = 1.0
+    # what the encoder sees in the contrastive loss: "decoded" = D(z_t) (the path it serves), "pixels" = the clean
+    # image (no VAE or D pass: cheap enough for the large batches sigmoid contrastive learning wants)
+    contrastive_input: str = "decoded"
     reset_pixel_decoder: bool = False  # re-copy D from the VAE decoder after `init_from`
 
     def __post_init__(self) -> None:
@@ -98,6 +102,8 @@ class TokenizerStageConfig(StageConfig):
             raise ValueError(f"stage.refresh_stats_every must be >= 0, got {self.refresh_stats_every}")
         if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
             raise ValueError(f"stage.lpips_weights={self.lpips_weights!r}: no such file")
+        if self.contrastive_input not in CONTRASTIVE_INPUTS:
+            raise ValueError(f"stage.contrastive_input={self.contrastive_input!r} is not one of {CONTRASTIVE_INPUTS}")
         if self.lpips_net not in LPIPS_NETS:
             raise ValueError(f"stage.lpips_net={self.lpips_net!r} is not one of {LPIPS_NETS}")
 
@@ -122,6 +128,10 @@ class TokenizerStage(StageModule):
         if scfg.train_vae and scfg.refresh_stats_every == 0:
             warnings.warn(
                 "stage.refresh_stats_every=0: the VAE trains but its normaliser keeps its statistics", stacklevel=2
+            )
+        if scfg.contrastive_input == "pixels" and self.model.vision.pixel_decoder is None:
+            raise ValueError(
+                "stage.contrastive_input='pixels' needs model.vision.encoder_input='pixels' (the encoder reads latents)"
             )
         self._moments: torch.Tensor | None = None
         self.setup_trainable()
@@ -179,6 +189,10 @@ class TokenizerStage(StageModule):
             return {}
         images = batch.images[keep]
         losses: dict[str, torch.Tensor] = {}
+        active = self._active_losses()
+        pixels_only = scfg.contrastive_input == "pixels"
+        needs_latent = "vae" in active or "decoder" in active or ("contrastive" in active and not pixels_only)
+        x1 = None
         if scfg.train_vae:
             vae_terms, raw_mean = self._vae_losses(images, sample=generator is None)
             losses.update(vae_terms)
@@ -186,16 +200,21 @@ class TokenizerStage(StageModule):
                 m = vision.vae.latent_moments(raw_mean, source="latents")
                 self._moments = m if self._moments is None else self._moments + m
             x1 = vision.vae.from_raw(raw_mean)
-        else:
+        elif needs_latent:
             x1 = vision.encode(images)
-        t_B = decoder_times(images.shape[0], scfg.clean_prob, scfg.t_min, generator, images.device)
-        z_t = interpolate(noise_like(x1, generator), x1, t_B)
-        decoded = vision.decode_pixels(z_t) if vision.pixel_decoder is not None else None
-        if "decoder" in self._active_losses():
+        decoded = z_t = None
+        if "decoder" in active or ("contrastive" in active and not pixels_only):
+            t_B = decoder_times(images.shape[0], scfg.clean_prob, scfg.t_min, generator, images.device)
+            z_t = interpolate(noise_like(x1, generator), x1, t_B)
+            decoded = vision.decode_pixels(z_t) if vision.pixel_decoder is not None else None
+        if "decoder" in active:
             losses["decoder"] = decoder_loss(decoded, images, scfg.decoder_loss)
-        if "contrastive" in self._active_losses():
+        if "contrastive" in active:
             towers = self.model.contrastive
-            semantic = vision.features(z_t, None if decoded is None else decoded.detach()).semantic
+            if pixels_only:
+                semantic = vision.encoder(images)
+            else:
+                semantic = vision.features(z_t, None if decoded is None else decoded.detach()).semantic
             ids, mask = self.tokenize_captions([str(batch.meta[i]["caption"]) for i in keep], images.device)
             losses["contrastive"] = towers.loss(towers.embed_images(semantic), towers.embed_texts(ids, mask))
         return losses
