@@ -25,7 +25,7 @@ from cheers_pl.model.decoding import decode
 from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
-from cheers_pl.model.weights import config_from_dict, load_weights, read_config, save_weights
+from cheers_pl.model.weights import config_from_dict, load_weights, parameters_on_meta, read_config, save_weights
 
 
 @dataclass
@@ -324,12 +324,13 @@ class CheersModel(nn.Module):
             contrastive=contrastive,
         )
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Writes `cheers_config.json` and `model.safetensors` to `directory` (created); returns it.
+    def save_pretrained(self, directory: str | Path, max_shard_size: int | None = None) -> Path:
+        """Writes `cheers_config.json` and `model.safetensors` (or shards of at most `max_shard_size` bytes with an
+        index) to `directory` (created); returns it.
 
         `cheers_pl.pipeline.CheersPipeline.save_pretrained` adds the text tokenizer beside them.
         """
-        return save_weights(self, self.exported_config(), directory)
+        return save_weights(self, self.exported_config(), directory, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(
@@ -337,9 +338,15 @@ class CheersModel(nn.Module):
     ) -> "CheersModel":
         """Reloads the network written by `save_pretrained` (strict: every tensor present, no extra ones); eval mode.
 
+        The architecture is built with its parameters on the meta device and the stored tensors are assigned, so a
+        bf16 export loads in bf16 without an fp32 copy or a random init first; `dtype` then casts (None keeps the
+        stored dtype).
+
         Raises:
             ValueError: when `directory` lacks the config or the weights, or they do not fit each other.
         """
-        model = cls(config_from_dict(CheersConfig, read_config(directory)))
-        load_weights(model, directory)
+        cfg = config_from_dict(CheersConfig, read_config(directory))
+        with parameters_on_meta():
+            model = cls(cfg)
+        load_weights(model, directory, assign=True)
         return model.to(device=device, dtype=dtype).eval()

@@ -15,6 +15,11 @@ LayerNorm, i.e. it is the same computation with g ≡ 0, so `gated` at initialis
 Zero-initialisation: every adaLN modulation and the stage-2 output projection start at zero (DiT); the stage-1
 output projection does not, since a zero Z' would leave stage 2 without input and stall the gradient path.
 
+Where the released Cheers code computes differently, the difference is a config value whose default is the native
+choice (R14; `cheers_pl.official.config` sets the released ones): `time_scale` (1000·t vs raw t in the sinusoid),
+`stage2_positions` (RoPE positions 0..M−1 vs 0..M/2−1 twice), `norm_weights` (weighted RMSNorms in the DiT blocks),
+`qkv_bias`, `modulation_dtype` (adaLN modulation in float32) and `hfi_norm_eps` (the HFI LayerNorm's eps).
+
 Shape legend: `cheers_pl.model`; here h×w is the compressed grid of the N input tokens and H×W = (h·f)×(w·f) the
 full grid of the M tokens, L the latent channels.
 
@@ -32,6 +37,8 @@ from cheers_pl.model.layers.adaln import modulate
 from cheers_pl.model.projectors import shuffle_tokens
 
 INJECTIONS = ("gated", "off", "constant")
+ROPE_POSITIONS = ("raster", "half_twice")  # 0..M−1 | 0..M/2−1 twice (the released code's stage 2)
+MODULATION_DTYPES = {"input": None, "float32": torch.float32}
 
 
 @dataclass
@@ -52,11 +59,16 @@ class FlowHeadConfig:
     stage1_mlp_dim: int | None = None  # overrides llm_dim·mlp_ratio when set
     stage2_mlp_dim: int | None = None  # overrides sem_dim·mlp_ratio when set
     time_freq_dim: int = 256  # full: 256
+    time_scale: float = 1000.0  # t is scaled by this inside the sinusoid (released checkpoint: 1, raw t)
     rope_theta: float = 10000.0
-    qkv_bias: bool = True
+    stage2_positions: str = "raster"  # a ROPE_POSITIONS value (released checkpoint: "half_twice")
+    qkv_bias: bool = True  # released checkpoint: False
+    norm_weights: bool = False  # learnt RMSNorm weights in the DiT blocks and final layers (released: True)
+    modulation_dtype: str = "input"  # "input" | "float32": dtype of the adaLN affine map (released: "float32")
     injection: str = "gated"  # "gated" | "off" | "constant"
     constant_gate: float = 1.0  # g for injection="constant"
     norm_eps: float = 1e-6
+    hfi_norm_eps: float = 1e-6  # eps of the HFI LayerNorm (released checkpoint: 1e-5, PyTorch's default)
 
     def __post_init__(self) -> None:
         for name in (
@@ -87,8 +99,18 @@ class FlowHeadConfig:
             raise ValueError(f"FlowHeadConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.injection not in INJECTIONS:
             raise ValueError(f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ValueError(f"FlowHeadConfig rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be > 0")
+        for name in ("rope_theta", "norm_eps", "hfi_norm_eps", "time_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"FlowHeadConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.stage2_positions not in ROPE_POSITIONS:
+            raise ValueError(
+                f"FlowHeadConfig.stage2_positions must be one of {ROPE_POSITIONS}, got {self.stage2_positions!r}"
+            )
+        if self.modulation_dtype not in MODULATION_DTYPES:
+            raise ValueError(
+                f"FlowHeadConfig.modulation_dtype must be one of {sorted(MODULATION_DTYPES)}, "
+                f"got {self.modulation_dtype!r}"
+            )
 
     def mlp_dim(self, stage: int) -> int:
         """SwiGLU hidden width of stage 1 or 2."""
@@ -99,34 +121,55 @@ class FlowHeadConfig:
 class DiTBlock(nn.Module):
     """Pre-norm transformer block modulated by adaLN-Zero (shift/scale/gate for attention and MLP).
 
-    The norms carry no weight of their own: adaLN supplies the per-channel scale.
+    With `norm_weights=False` the norms carry no weight of their own (adaLN supplies the per-channel scale); the
+    released checkpoint has weighted RMSNorms. `modulation_dtype` is the dtype of the adaLN affine map (None: the
+    activations').
     """
 
     def __init__(
-        self, dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int, qkv_bias: bool = True, eps: float = 1e-6
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        mlp_dim: int,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
+        norm_weights: bool = False,
+        modulation_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.norm1 = RMSNorm(dim, eps, affine=False)
+        self.norm1 = RMSNorm(dim, eps, affine=norm_weights)
         self.attn = Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias)
-        self.norm2 = RMSNorm(dim, eps, affine=False)
+        self.norm2 = RMSNorm(dim, eps, affine=norm_weights)
         self.mlp = SwiGLU(dim, mlp_dim)
         self.adaln = AdaLNZero(dim, dim, 6)
+        self.modulation_dtype = modulation_dtype
 
     def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Returns B×N×C."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(c_BC)
-        x_BNC = x_BNC + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x_BNC), shift_a, scale_a), rope)
-        return x_BNC + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x_BNC), shift_m, scale_m))
+        dtype = self.modulation_dtype
+        x_BNC = x_BNC + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x_BNC), shift_a, scale_a, dtype), rope)
+        return x_BNC + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x_BNC), shift_m, scale_m, dtype))
 
 
 class FinalLayer(nn.Module):
     """adaLN-modulated norm followed by a linear projection to `out_dim` channels per token."""
 
-    def __init__(self, dim: int, out_dim: int, eps: float = 1e-6, zero_init: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        eps: float = 1e-6,
+        zero_init: bool = True,
+        norm_weights: bool = False,
+        modulation_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.norm = RMSNorm(dim, eps, affine=False)
+        self.norm = RMSNorm(dim, eps, affine=norm_weights)
         self.adaln = AdaLNZero(dim, dim, 2)
         self.linear = nn.Linear(dim, out_dim)
+        self.modulation_dtype = modulation_dtype
         if zero_init:
             nn.init.zeros_(self.linear.weight)
             nn.init.zeros_(self.linear.bias)
@@ -134,11 +177,22 @@ class FinalLayer(nn.Module):
     def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor) -> torch.Tensor:
         """Returns B×N×out_dim."""
         shift, scale = self.adaln(c_BC)
-        return self.linear(modulate(self.norm(x_BNC), shift, scale))
+        return self.linear(modulate(self.norm(x_BNC), shift, scale, self.modulation_dtype))
+
+
+def rope_positions(num_tokens: int, mode: str) -> torch.Tensor:
+    """Long RoPE positions: `raster` 0..N−1; `half_twice` 0..N/2−1 then 0..N/2−1 again (the released stage 2)."""
+    if mode == "raster":
+        return torch.arange(num_tokens)
+    if mode != "half_twice" or num_tokens % 2:
+        raise ValueError(
+            f"rope positions mode={mode!r} for {num_tokens} tokens: use {ROPE_POSITIONS} (half_twice: N even)"
+        )
+    return torch.arange(num_tokens // 2).repeat(2)
 
 
 class DiTStage(nn.Module):
-    """A stack of DiT blocks sharing one 1-D RoPE (positions 0..N−1, any grid), then a final layer."""
+    """A stack of DiT blocks sharing one 1-D RoPE (positions by `positions`, any grid), then a final layer."""
 
     def __init__(
         self,
@@ -152,17 +206,24 @@ class DiTStage(nn.Module):
         qkv_bias: bool,
         eps: float,
         zero_init_out: bool,
+        positions: str = "raster",
+        norm_weights: bool = False,
+        modulation_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.positions = positions
         self.rope = RotaryEmbedding1D(dim // num_heads, rope_theta)
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, num_heads, num_kv_heads, mlp_dim, qkv_bias=qkv_bias, eps=eps) for _ in range(depth)
+            DiTBlock(dim, num_heads, num_kv_heads, mlp_dim, qkv_bias, eps, norm_weights, modulation_dtype)
+            for _ in range(depth)
         )
-        self.final = FinalLayer(dim, out_dim, eps, zero_init=zero_init_out)
+        self.final = FinalLayer(dim, out_dim, eps, zero_init_out, norm_weights, modulation_dtype)
 
     def forward(self, x_BNC: torch.Tensor, c_BC: torch.Tensor) -> torch.Tensor:
         """Returns B×N×out_dim."""
-        rope = self.rope(x_BNC.shape[1], dtype=x_BNC.dtype)
+        num_tokens = x_BNC.shape[1]
+        positions = num_tokens if self.positions == "raster" else rope_positions(num_tokens, self.positions)
+        rope = self.rope(positions, dtype=x_BNC.dtype)
         for block in self.blocks:
             x_BNC = block(x_BNC, c_BC, rope)
         return self.final(x_BNC, c_BC)
@@ -204,7 +265,8 @@ class FlowHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         f2 = cfg.shuffle_factor**2
-        self.time_embed1 = TimestepEmbedder(cfg.llm_dim, cfg.time_freq_dim)
+        common = dict(norm_weights=cfg.norm_weights, modulation_dtype=MODULATION_DTYPES[cfg.modulation_dtype])
+        self.time_embed1 = TimestepEmbedder(cfg.llm_dim, cfg.time_freq_dim, cfg.time_scale)
         self.stage1 = DiTStage(
             cfg.llm_dim,
             cfg.stage1_depth,
@@ -216,8 +278,9 @@ class FlowHead(nn.Module):
             cfg.qkv_bias,
             cfg.norm_eps,
             zero_init_out=False,
+            **common,
         )
-        self.time_embed2 = TimestepEmbedder(cfg.sem_dim, cfg.time_freq_dim)
+        self.time_embed2 = TimestepEmbedder(cfg.sem_dim, cfg.time_freq_dim, cfg.time_scale)
         self.stage2 = DiTStage(
             cfg.sem_dim,
             cfg.stage2_depth,
@@ -229,8 +292,10 @@ class FlowHead(nn.Module):
             cfg.qkv_bias,
             cfg.norm_eps,
             zero_init_out=True,
+            positions=cfg.stage2_positions,
+            **common,
         )
-        self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate, cfg.norm_eps)
+        self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate, cfg.hfi_norm_eps)
 
     def forward(
         self,

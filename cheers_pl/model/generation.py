@@ -6,7 +6,9 @@ run once into a KV cache; each call re-tokenises the current latent (D → seman
 detail residual), runs only the N image tokens against the cached prompt (bidirectional among themselves),
 truncates the cache back and runs the flow head. With guidance (scale ≠ 1) the K = 2B rows are the B conditional
 prompts followed by their unconditional twins, and `v = v_u + s·(v_c − v_u)`
-(`cheers_pl.objective.sampling.guided_velocity`); z_t is tokenised once for both halves.
+(`cheers_pl.objective.sampling.guided_velocity`); z_t is tokenised once for both halves. A prompt may itself hold an
+image block (zero-shot editing: the clean source image in context): its LLM tokens are given, and the generated block
+gets the next block id.
 
 Shape legend: `cheers_pl.model` (K prompt rows, L prompt length, left-padded).
 
@@ -39,7 +41,11 @@ class PromptVelocity:
         guidance_scale: float,
         use_cache: bool = True,
         record_gates: list | None = None,
+        prompt_block_ids_KL: torch.Tensor | None = None,
+        prompt_image_tokens: torch.Tensor | None = None,
     ) -> None:
+        """See the class docstring; `prompt_block_ids_KL` (0 text, 1 an image block in the prompt) and
+        `prompt_image_tokens` (R×N×D LLM tokens of the rows holding one, in row order) put images into the prompt."""
         self.guided = guidance_scale != 1.0
         K = input_ids_KL.shape[0]
         if K == 0 or (self.guided and K % 2):
@@ -51,11 +57,16 @@ class PromptVelocity:
         self.input_ids, self.pad_mask = input_ids_KL, pad_mask_KL
         self.prompt_len = input_ids_KL.shape[1]
         n = model.num_image_tokens
-        # the image block: one bidirectional block (id 1) of N real positions after the prompt
+        # the image block: one bidirectional block of N real positions after the prompt, with the next free block id
         ids = input_ids_KL
-        self.block_ids = torch.cat([torch.zeros_like(ids), torch.ones_like(ids[:, :1]).expand(-1, n)], dim=1)
+        prompt_blocks = torch.zeros_like(ids) if prompt_block_ids_KL is None else prompt_block_ids_KL
+        new_block = torch.full_like(ids[:, :1], int(prompt_blocks.max()) + 1).expand(-1, n)
+        self.block_ids = torch.cat([prompt_blocks, new_block], dim=1)
         self.full_pad_mask = torch.cat([pad_mask_KL, torch.ones_like(pad_mask_KL[:, :1]).expand(-1, n)], dim=1)
-        self.prompt_embeds = model.llm.embed_tokens(ids)
+        if prompt_block_ids_KL is None:
+            self.prompt_embeds = model.llm.embed_tokens(ids)
+        else:
+            self.prompt_embeds = model.embed(ids, prompt_blocks, prompt_image_tokens)
         self.cache = None
         if use_cache:
             prompt_blocks = self.block_ids[:, : self.prompt_len]

@@ -7,6 +7,10 @@ patchify itself (the FLUX.2 pipeline does), so the 2×2 patchify lives here, wit
 We use `bn`'s buffers directly and never call its `forward`, so `train()` mode cannot drift the statistics;
 `refresh_statistics` recomputes them exactly from data.
 
+Images are in [-1, 1] everywhere in this package. `pixel_range` says what the autoencoder itself sees: "signed"
+([-1, 1], FLUX.2's convention) or "unit" ([0, 1], what the released Cheers code feeds its VAE); `encode` and `decode`
+convert at the boundary, so callers never see the difference.
+
 Shape legend: B batch, C raw latent channels, H/W pixel height/width, h/w raw latent grid, P = 4·C patchified
 channels on the (h/2)·(w/2) grid.
 
@@ -25,6 +29,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLFlux2
 from torch import nn
 
+PIXEL_RANGES = ("signed", "unit")
+
 
 @dataclass
 class VAEConfig:
@@ -40,6 +46,7 @@ class VAEConfig:
     mid_block_add_attention: bool = True
     batch_norm_eps: float = 1e-4  # FLUX.2: 1e-4
     patch_size: int = 2  # 2×2 patchify of the raw latent (FLUX.2: 2)
+    pixel_range: str = "signed"  # what the autoencoder sees: "signed" [-1, 1] | "unit" [0, 1] (released Cheers)
 
     def __post_init__(self) -> None:
         if len(self.block_out_channels) < 1:
@@ -54,6 +61,8 @@ class VAEConfig:
             )
         if self.batch_norm_eps <= 0:
             raise ValueError(f"batch_norm_eps must be > 0, got {self.batch_norm_eps}")
+        if self.pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"vae.pixel_range must be one of {PIXEL_RANGES}, got {self.pixel_range!r}")
 
 
 def full_vae_config(pretrained: str | None = None, subfolder: str | None = "vae") -> VAEConfig:
@@ -95,12 +104,17 @@ def _as_tuple(value: object) -> object:
 
 
 class PixelDecoder(nn.Module):
-    """Decoder path of the VAE (post-quant conv + conv decoder): raw latent B,C,h,w → pixels B,3,H,W."""
+    """Decoder path of the VAE (post-quant conv + conv decoder): raw latent B,C,h,w → pixels B,3,H,W.
 
-    def __init__(self, post_quant_conv: nn.Module | None, decoder: nn.Module) -> None:
+    `bn`, when given, is the decoder's own copy of the latent normaliser (the released checkpoint stores one);
+    otherwise the VAE's statistics denormalise its input.
+    """
+
+    def __init__(self, post_quant_conv: nn.Module | None, decoder: nn.Module, bn: nn.BatchNorm2d | None = None) -> None:
         super().__init__()
         self.post_quant_conv = post_quant_conv if post_quant_conv is not None else nn.Identity()
         self.decoder = decoder
+        self.bn = bn
 
     def forward(self, raw_BChw: torch.Tensor) -> torch.Tensor:
         """Decode a raw (unnormalised, unpatchified) latent. Returns pixels B,3,H,W."""
@@ -154,8 +168,8 @@ class VAE(nn.Module):
         conv_down = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
         return conv_down * self.cfg.patch_size
 
-    def _stats(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bn = self.autoencoder.bn
+    def _stats(self, ref: torch.Tensor, bn: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.autoencoder.bn if bn is None else bn
         mean = bn.running_mean.view(1, -1, 1, 1).to(ref.device, ref.dtype)
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps).to(ref.device, ref.dtype)
         return mean, std
@@ -174,18 +188,23 @@ class VAE(nn.Module):
         mean, std = self._stats(x)
         return (x - mean) / std
 
-    def to_raw(self, z_BPhw: torch.Tensor) -> torch.Tensor:
-        """Normalised z → raw latent (denormalise, then unpatchify); exact inverse of `from_raw`."""
-        mean, std = self._stats(z_BPhw)
+    def to_raw(self, z_BPhw: torch.Tensor, bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
+        """Normalised z → raw latent (denormalise, then unpatchify); exact inverse of `from_raw`.
+
+        `bn`: other statistics to denormalise with (the pixel decoder's own copy); default the VAE's.
+        """
+        mean, std = self._stats(z_BPhw, bn)
         return self.unpatchify(z_BPhw * std + mean)
 
     def encode_raw(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → raw latent mean B,C,H/f,W/f (no sampling), the diffusers path."""
-        return self.autoencoder.encode(images_B3HW).latent_dist.mode()
+        x = images_B3HW if self.cfg.pixel_range == "signed" else (images_B3HW + 1) / 2
+        return self.autoencoder.encode(x).latent_dist.mode()
 
     def decode_raw(self, raw_BChw: torch.Tensor) -> torch.Tensor:
-        """Raw latent → images B,3,H,W, the diffusers path."""
-        return self.autoencoder.decode(raw_BChw).sample
+        """Raw latent → images B,3,H,W in [-1, 1] (not clamped), the diffusers path."""
+        x = self.autoencoder.decode(raw_BChw).sample
+        return x if self.cfg.pixel_range == "signed" else x * 2 - 1
 
     def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → normalised z B,P,H/d,W/d with d = `downsample_factor`."""
@@ -237,8 +256,12 @@ class VAE(nn.Module):
         """Recompute the normaliser's running mean/var exactly (population statistics) from data (one process)."""
         self.set_statistics(self.latent_moments(data, source))
 
-    def make_pixel_decoder(self) -> PixelDecoder:
-        """A trainable deep copy of the decoder path (post-quant conv + decoder): raw latent → pixels."""
+    def make_pixel_decoder(self, own_statistics: bool = False) -> PixelDecoder:
+        """A trainable deep copy of the decoder path (post-quant conv + decoder): raw latent → pixels.
+
+        `own_statistics`: the copy also gets its own copy of the latent normaliser `bn` (a buffer, never trained).
+        """
         ae = self.autoencoder
-        decoder = PixelDecoder(copy.deepcopy(ae.post_quant_conv), copy.deepcopy(ae.decoder))
+        bn = copy.deepcopy(ae.bn) if own_statistics else None
+        decoder = PixelDecoder(copy.deepcopy(ae.post_quant_conv), copy.deepcopy(ae.decoder), bn)
         return decoder.requires_grad_(True).train(self.training)

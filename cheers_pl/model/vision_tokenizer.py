@@ -24,6 +24,7 @@ from cheers_pl.model.vae import VAE, VAEConfig, full_vae_config
 from cheers_pl.model.vision_encoder import VisionEncoderConfig, build_vision_encoder, full_vision_encoder_config
 
 ENCODER_INPUTS = ("pixels", "latents")
+DECODER_STATISTICS = ("shared", "own")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class VisionTokenizerConfig:
     compression: int = 2  # f: f×f token unshuffle (1 = none, 2 = paper's 4× fewer tokens, 4 = 16×)
     encoder_input: str = "pixels"  # "pixels" (D(z_t) → encoder, the paper) | "latents" (ablation)
     llm_dim: int = 128  # full: 1536
+    compressor_norm_eps: float = 1e-6  # the compressor's LayerNorm (released checkpoint: 1e-5, PyTorch's default)
+    # D denormalises z_t with the VAE's latent statistics ("shared") or with its own copy ("own", as the released
+    # checkpoint, which stores a second BatchNorm for the decoder copy)
+    decoder_statistics: str = "shared"
 
     def __post_init__(self) -> None:
         if self.encoder_input not in ENCODER_INPUTS:
@@ -43,6 +48,10 @@ class VisionTokenizerConfig:
             raise ValueError(f"compression must be >= 1, got {self.compression}")
         if self.llm_dim < 1:
             raise ValueError(f"llm_dim must be >= 1, got {self.llm_dim}")
+        if self.compressor_norm_eps <= 0:
+            raise ValueError(f"compressor_norm_eps must be > 0, got {self.compressor_norm_eps}")
+        if self.decoder_statistics not in DECODER_STATISTICS:
+            raise ValueError(f"decoder_statistics={self.decoder_statistics!r} is not one of {DECODER_STATISTICS}")
 
 
 def full_vision_tokenizer_config(
@@ -103,7 +112,7 @@ class VisionTokenizer(nn.Module):
                 f"encoder in_channels={self.encoder.in_channels} must equal vae in_channels={cfg.vae.in_channels}"
             )
         if cfg.encoder_input == "pixels":
-            self.pixel_decoder = self.vae.make_pixel_decoder()
+            self.pixel_decoder = self.vae.make_pixel_decoder(own_statistics=cfg.decoder_statistics == "own")
             self.latent_embed = None
         else:
             self.pixel_decoder = None
@@ -112,7 +121,12 @@ class VisionTokenizer(nn.Module):
             for p in self.encoder.patch_embed_parameters():
                 p.requires_grad_(False)
         self.compressor = TokenCompressor(
-            TokenCompressorConfig(in_dim=self.encoder.dim, out_dim=cfg.llm_dim, factor=cfg.compression)
+            TokenCompressorConfig(
+                in_dim=self.encoder.dim,
+                out_dim=cfg.llm_dim,
+                factor=cfg.compression,
+                layer_norm_eps=cfg.compressor_norm_eps,
+            )
         )
 
     def train(self, mode: bool = True) -> "VisionTokenizer":
@@ -126,7 +140,8 @@ class VisionTokenizer(nn.Module):
         """Re-initialise D from the current VAE decoder (e.g. after the VAE itself was trained or reloaded)."""
         if self.pixel_decoder is None:
             raise ValueError("reset_pixel_decoder needs encoder_input='pixels', got 'latents'")
-        self.pixel_decoder.load_state_dict(self.vae.make_pixel_decoder().state_dict())
+        own = self.cfg.decoder_statistics == "own"
+        self.pixel_decoder.load_state_dict(self.vae.make_pixel_decoder(own_statistics=own).state_dict())
 
     @property
     def semantic_grid_hw(self) -> tuple[int, int]:
@@ -167,7 +182,7 @@ class VisionTokenizer(nn.Module):
         """The pixel decoder D: normalised (noisy) latent → pixels B,3,H,W."""
         if self.pixel_decoder is None:
             raise ValueError("decode_pixels needs encoder_input='pixels', got 'latents'")
-        return self.pixel_decoder(self.vae.to_raw(z_t))
+        return self.pixel_decoder(self.vae.to_raw(z_t, self.pixel_decoder.bn))
 
     def features(self, z_t: torch.Tensor, decoded: torch.Tensor | None = None) -> VisionFeatures:
         """The semantic path of z_t: D(z_t) → S → encoder (or the latent embedding for `encoder_input="latents"`).

@@ -2,28 +2,37 @@
 
 Layout of `<dir>`:
     cheers_config.json   `CheersConfig` as JSON (pretrained paths cleared, vocabulary and head tying as built)
-    model.safetensors    every parameter and buffer (tied LM head stored once; VAE normaliser statistics included)
+    model.safetensors    every parameter and buffer (tied LM head stored once; VAE normaliser statistics included),
+                         or shards `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json` (the Hugging
+                         Face layout, written by `huggingface_hub.save_torch_state_dict`) when `max_shard_size` is set
     tokenizer/           the text tokenizer (written by `cheers_pl.pipeline.CheersPipeline.save_pretrained`)
+    pipeline.json        the pipeline's sampling and processing settings (likewise)
 
 `CheersModel.save_pretrained(dir)` writes the first two through `save_weights`, `CheersModel.from_pretrained(dir)`
-rebuilds the architecture from the JSON and loads the weights strictly. JSON instead of YAML keeps
-`cheers_pl.model` free of omegaconf (R2); nested dataclasses are rebuilt field by field, and an unknown key is a
-`ValueError` naming it (R15). Names of earlier releases are renamed on load (`RENAMED_KEYS`): the vision tokenizer
-was `tokenizer`, it is `vision` now.
+rebuilds the architecture from the JSON with its parameters on the meta device (`parameters_on_meta`: no random
+init, no copy in another dtype) and assigns the stored tensors strictly, in the dtype they were stored in. JSON
+instead of YAML keeps `cheers_pl.model` free of omegaconf (R2); nested dataclasses are rebuilt field by field, and an
+unknown key is a `ValueError` naming it (R15). Names of earlier releases are renamed on load (`RENAMED_KEYS`): the
+vision tokenizer was `tokenizer`, it is `vision` now.
 """
 
+import contextlib
 import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file, save_model
 from torch import nn
 
 CONFIG_FILE = "cheers_config.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_DIR = "tokenizer"
 # old top-level name -> new one, for model config keys and the parameter names below them
 RENAMED_KEYS = {"tokenizer": "vision"}
@@ -71,13 +80,59 @@ def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def save_weights(model: nn.Module, cfg: Any, directory: str | Path) -> Path:
-    """Writes `cfg` as JSON and every tensor of `model` as safetensors to `directory` (created); returns it."""
+def save_weights(
+    model: nn.Module | dict[str, torch.Tensor], cfg: Any, directory: str | Path, max_shard_size: int | None = None
+) -> Path:
+    """Writes `cfg` as JSON and every tensor of `model` (a module or a state dict) as safetensors to `directory`
+    (created); returns it. A shared (tied) tensor is stored once. With `max_shard_size` (bytes) the tensors are
+    split into shards with an index, the Hugging Face layout."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=2))
-    save_model(model, str(out / WEIGHTS_FILE))  # stores a shared (tied) tensor once
+    if max_shard_size is None and isinstance(model, nn.Module):
+        save_model(model, str(out / WEIGHTS_FILE))
+    else:
+        state = model.state_dict() if isinstance(model, nn.Module) else model
+        save_torch_state_dict(state, out, max_shard_size=max_shard_size or 2**62)
     return out
+
+
+def _has_weights(src: Path) -> bool:
+    return (src / WEIGHTS_FILE).is_file() or (src / INDEX_FILE).is_file()
+
+
+def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of `model.safetensors` or of the shards its index names, as stored (names not upgraded)."""
+    src = Path(directory)
+    if not (src / INDEX_FILE).is_file():
+        return load_file(str(src / WEIGHTS_FILE))
+    weight_map = json.loads((src / INDEX_FILE).read_text())["weight_map"]
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(load_file(str(src / shard)))
+    return state
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no storage, no init) and their buffers as usual.
+
+    Buffers stay real because non-persistent ones (RoPE frequencies, position ids) are computed at construction and
+    are not stored with the weights. The same idea as `accelerate.init_empty_weights(include_buffers=False)`,
+    without that dependency: `nn.Module.register_parameter` moves each new parameter to meta.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -87,7 +142,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         ValueError: when the directory lacks the config or the weights.
     """
     src = Path(directory)
-    missing = [p for p in (CONFIG_FILE, WEIGHTS_FILE) if not (src / p).exists()]
+    missing = [CONFIG_FILE] if not (src / CONFIG_FILE).exists() else []
+    missing += [] if _has_weights(src) else [WEIGHTS_FILE]
     if missing:
         raise ValueError(f"{src} is not an exported Cheers model: missing {missing} (write it with save_pretrained)")
     try:
@@ -96,23 +152,44 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{src / CONFIG_FILE}: not valid JSON ({err})") from err
 
 
-def load_weights(model: nn.Module, directory: str | Path) -> None:
-    """Loads `<directory>/model.safetensors` into `model` strictly (old parameter names renamed).
+def _shared_groups(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters that are one tensor (a tied LM head), per tensor, for tensors with several names."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
-    A tied tensor (the LM head) is stored once, under one of its names; the others count as loaded.
+
+def _set_parameter(model: nn.Module, name: str, param: nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner), leaf, param)
+
+
+def load_weights(model: nn.Module, directory: str | Path, assign: bool = False) -> None:
+    """Loads the weights of `<directory>` (one file or shards) into `model` strictly (old parameter names renamed).
+
+    A tied tensor (the LM head) is stored once, under one of its names; the others count as loaded. With `assign`
+    the stored tensors replace the model's (e.g. meta) parameters and buffers, keeping their dtype, and tied
+    parameters are tied again to the loaded tensor.
 
     Raises:
         ValueError: when the weights do not fit the model.
     """
-    path = Path(directory) / WEIGHTS_FILE
-    fits = f"{path} does not fit {Path(directory) / CONFIG_FILE}"
-    state = {upgrade_parameter_name(k): v for k, v in load_file(str(path)).items()}
+    src = Path(directory)
+    fits = f"{src / (INDEX_FILE if (src / INDEX_FILE).is_file() else WEIGHTS_FILE)} does not fit {src / CONFIG_FILE}"
+    state = {upgrade_parameter_name(k): v for k, v in read_state(src).items()}
+    groups = _shared_groups(model)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
     except RuntimeError as err:
         raise ValueError(f"{fits}: {err}") from err
-    tensors = model.state_dict(keep_vars=True)
-    loaded = {id(tensors[k]) for k in state if k in tensors}
-    missing = [k for k in missing if id(tensors[k]) not in loaded]
+    for names in groups:
+        loaded = [n for n in names if n in state]
+        if assign and loaded:  # assignment replaced one name of the shared tensor: give it to all its names
+            keep = model.get_parameter(loaded[0])
+            for name in names:
+                _set_parameter(model, name, keep)
+        if loaded:
+            missing = [k for k in missing if k not in names]
     if missing or unexpected:
         raise ValueError(f"{fits}: missing {missing[:8]}, unexpected {unexpected[:8]}")

@@ -3,6 +3,12 @@
 Every function takes a velocity function `fn(x_t, t_B) -> v` (STYLE.md R3) and integrates from t = 0 (noise x0)
 to t = 1 (data). The networks never appear here.
 
+Time grids (`TIME_GRIDS`, picked by `SamplingConfig.time_grid`): `native` is `num_steps + 1` warped points from t0 to 1
+(`num_steps` steps ending exactly at t = 1); `official` is the released Cheers sampler's: `n` warped points
+`linspace(t0, 1, n)` followed by one extra Euler step of size 1/n taken at t = 1, i.e. the grid ends at 1 + 1/n (n
+velocity evaluations, the last one at t = 1). With t0 > 0 (zero-shot editing) both use n = int(num_steps·(1 − t0))
+steps, as the released code does.
+
 Shape legend: B batch; `x` has any shape (B, ...).
 
 References:
@@ -26,6 +32,10 @@ class SamplingConfig:
     guidance_scale: float = 9.5
     alpha: float = 0.5
     sampler: str = "euler"  # a key of SAMPLERS
+    time_grid: str = "native"  # a key of TIME_GRIDS ("official": the released sampler's grid, extra step at t = 1)
+    # the guidance's unconditional prompt: "prompt" blanks the user's prompt text to `<no_mean>`; "all_text" blanks
+    # every token but `<im_start>`, `<im_end>` and the image positions (the released code)
+    unconditional: str = "prompt"
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -34,8 +44,16 @@ class SamplingConfig:
             raise ValueError(f"sampling.alpha must be > 0, got {self.alpha}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampling.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        if self.time_grid not in TIME_GRIDS:
+            raise ValueError(f"sampling.time_grid must be one of {TIME_GRIDS}, got {self.time_grid!r}")
+        if self.unconditional not in UNCONDITIONAL_PROMPTS:
+            raise ValueError(
+                f"sampling.unconditional must be one of {UNCONDITIONAL_PROMPTS}, got {self.unconditional!r}"
+            )
 
 
+TIME_GRIDS = ("native", "official")
+UNCONDITIONAL_PROMPTS = ("prompt", "all_text")
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 """`callback(step, t_B, x_t, v)`, called after each velocity evaluation at the start of a step."""
@@ -52,14 +70,38 @@ def warp_time(t: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * t / (1 + (alpha - 1) * t)
 
 
+def num_grid_steps(num_steps: int, t0: float = 0.0) -> int:
+    """Velocity evaluations of a grid from t0: `int(num_steps·(1 − t0))` (the released edit mode's count)."""
+    if not 0.0 <= t0 < 1.0:
+        raise ValueError(f"time grid t0={t0} must lie in [0, 1)")
+    n = num_steps if t0 == 0 else int(num_steps * (1 - t0))
+    if n <= 0:
+        raise ValueError(f"time grid num_steps={num_steps} from t0={t0} leaves int(num_steps·(1 − t0))={n} steps")
+    return n
+
+
 def time_grid(
-    num_steps: int, alpha: float = 1.0, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    num_steps: int,
+    alpha: float = 1.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    grid: str = "native",
+    t0: float = 0.0,
 ) -> torch.Tensor:
-    """`num_steps + 1` increasing times from exactly 0 to exactly 1, warped by `warp_time(·, alpha)`."""
+    """Increasing times warped by `warp_time(·, alpha)`, from `warp(t0)` (0 for t0 = 0) on.
+
+    `native`: `n + 1` points ending exactly at 1. `official`: `n` points ending at 1, then 1 + 1/n (the released
+    sampler's extra Euler step of 1/n at t = 1). n = `num_grid_steps(num_steps, t0)`.
+    """
     if num_steps <= 0:
         raise ValueError(f"time_grid num_steps must be positive, got num_steps={num_steps}")
-    t = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
-    return warp_time(t, alpha).to(device=device, dtype=dtype)
+    if grid not in TIME_GRIDS:
+        raise ValueError(f"time_grid grid must be one of {TIME_GRIDS}, got grid={grid!r}")
+    n = num_grid_steps(num_steps, t0)
+    if grid == "native":
+        return warp_time(torch.linspace(t0, 1.0, n + 1, dtype=torch.float64), alpha).to(device=device, dtype=dtype)
+    t = warp_time(torch.linspace(t0, 1.0, n, dtype=torch.float64), alpha)
+    return torch.cat([t, t.new_full((1,), 1.0 + 1.0 / n)]).to(device=device, dtype=dtype)
 
 
 def _t_batch(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -105,11 +147,14 @@ def solve(
     alpha: float,
     sampler: str,
     callback: StepCallback | None = None,
+    grid: str = "native",
+    t0: float = 0.0,
 ) -> torch.Tensor:
-    """Integrates from noise `x0` at t = 0 to t = 1 with a sampler picked by name from `SAMPLERS` (R6)."""
+    """Integrates from `x0` at t0 (noise at t0 = 0) to t = 1 with a sampler picked by name from `SAMPLERS` (R6) over
+    the time grid picked by name from `TIME_GRIDS`."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got sampler={sampler!r}")
-    times = time_grid(num_steps, alpha, device=x0.device)
+    times = time_grid(num_steps, alpha, device=x0.device, grid=grid, t0=t0)
     return SAMPLERS[sampler](fn, x0, times, callback=callback)
 
 

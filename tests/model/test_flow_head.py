@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cheers_pl.model.cheers import full_cheers_config
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, rope_positions
 from cheers_pl.model.projectors import shuffle_tokens
 
 
@@ -153,3 +153,34 @@ def test_config_and_input_validation():
         head(h_BNC, t_B, detail, (4, 5))
     with pytest.raises(ValueError, match="detail_BMC"):
         head(h_BNC, t_B, detail[:, :10], (4, 4))
+
+
+def test_official_options_build_the_released_parameter_layout():
+    """norm_weights: weighted RMSNorms in blocks and final layers; qkv_bias=False: no q/k/v biases; hfi eps."""
+    cfg = FlowHeadConfig(norm_weights=True, qkv_bias=False, hfi_norm_eps=1e-5)
+    names = {n for n, _ in FlowHead(cfg).named_parameters()}
+    assert {"stage1.blocks.0.norm1.weight", "stage1.blocks.0.norm2.weight", "stage2.final.norm.weight"} <= names
+    assert not any(n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for n in names)
+    assert FlowHead(cfg).hfi.norm.eps == 1e-5 and FlowHead(FlowHeadConfig()).hfi.norm.eps == 1e-6
+    native = {n for n, _ in FlowHead(FlowHeadConfig()).named_parameters()}
+    assert "stage1.blocks.0.norm1.weight" not in native and "stage1.blocks.0.attn.q_proj.bias" in native
+
+
+def test_stage2_half_twice_positions_make_the_two_halves_interchangeable():
+    """The released stage 2 gives token i and token i + M/2 the same RoPE position: swapping the halves of its input
+    swaps the halves of its output; with raster positions it does not."""
+    torch.manual_seed(0)
+    assert rope_positions(8, "half_twice").tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    results = {}
+    for mode in ("half_twice", "raster"):
+        torch.manual_seed(1)
+        head = FlowHead(FlowHeadConfig(stage2_positions=mode))
+        _perturb_zero_inits(head)
+        x = torch.randn(2, 64, head.cfg.sem_dim)
+        swap = torch.cat([x[:, 32:], x[:, :32]], dim=1)
+        c = head.time_embed2(torch.rand(2))
+        out, out_swapped = head.stage2(x, c), head.stage2(swap, c)
+        results[mode] = torch.allclose(torch.cat([out[:, 32:], out[:, :32]], dim=1), out_swapped, atol=1e-5)
+    assert results == {"half_twice": True, "raster": False}
+    with pytest.raises(ValueError, match="stage2_positions"):
+        FlowHeadConfig(stage2_positions="diagonal")

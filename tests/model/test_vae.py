@@ -135,3 +135,16 @@ def test_config_errors_name_the_field() -> None:
         VAEConfig(norm_num_groups=7)
     with pytest.raises(ValueError, match="patch_size must be >= 1, got 0"):
         VAEConfig(patch_size=0)
+
+
+def test_unit_pixel_range_feeds_the_autoencoder_zero_one_pixels(vae: VAE) -> None:
+    """pixel_range="unit" (the released code) shows the autoencoder (x + 1)/2 and maps its output back to [-1, 1]."""
+    unit = VAE(VAEConfig(pixel_range="unit")).eval()
+    unit.load_state_dict(vae.state_dict())
+    x, raw = _images(), torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(unit.encode_raw(x), vae.encode_raw((x + 1) / 2))
+        torch.testing.assert_close(unit.decode_raw(raw), vae.decode_raw(raw) * 2 - 1)
+        assert not torch.allclose(unit.encode(x), vae.encode(x), atol=1e-3)
+    with pytest.raises(ValueError, match="pixel_range"):
+        VAEConfig(pixel_range="0-255")

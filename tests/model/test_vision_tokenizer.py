@@ -113,3 +113,21 @@ def test_deterministic_under_seed() -> None:
         with torch.no_grad():
             outs.append(tok(tok.encode(_images()))[0])
     assert torch.equal(outs[0], outs[1])
+
+
+def test_own_decoder_statistics_denormalise_what_d_decodes() -> None:
+    """decoder_statistics="own" (the released layout): D carries a copy of the latent BatchNorm and uses it."""
+    own = VisionTokenizer(VisionTokenizerConfig(decoder_statistics="own", compressor_norm_eps=1e-5)).eval()
+    shared = VisionTokenizer(VisionTokenizerConfig()).eval()
+    assert (
+        "pixel_decoder.bn.running_var" in own.state_dict() and "pixel_decoder.bn.running_var" not in shared.state_dict()
+    )
+    assert own.compressor.norm.eps == 1e-5 and shared.compressor.norm.eps == 1e-6
+    z = torch.randn(1, 32, 8, 8)
+    with torch.no_grad():
+        before, vae_before = own.decode_pixels(z), own.vae.decode(z)
+        own.pixel_decoder.bn.running_mean.add_(1.0)
+        assert not torch.allclose(own.decode_pixels(z), before, atol=1e-3)
+        assert torch.equal(own.vae.decode(z), vae_before)
+        own.reset_pixel_decoder()  # copies the VAE's statistics again
+        torch.testing.assert_close(own.decode_pixels(z), before)

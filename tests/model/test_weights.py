@@ -17,7 +17,14 @@ from cheers_pl.model.contrastive_towers import ContrastiveTowersConfig
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vae import VAE, VAEConfig
 from cheers_pl.model.vision_encoder import VisionEncoderConfig, build_vision_encoder
-from cheers_pl.model.weights import CONFIG_FILE, WEIGHTS_FILE, config_from_dict, config_to_dict
+from cheers_pl.model.weights import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    config_from_dict,
+    config_to_dict,
+    parameters_on_meta,
+)
 
 TEXTS = ["a red circle left of a blue square", "how many shapes are there? two", "what colour is it? green"] * 10
 
@@ -122,3 +129,29 @@ def test_config_round_trip_and_unknown_key() -> None:
 def test_from_pretrained_names_missing_parts(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"not an exported Cheers model: missing \['cheers_config.json'"):
         CheersModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sharded_bf16_export_reloads_in_bf16_on_meta_built_parameters(tmp_path, tied: bool) -> None:
+    """`max_shard_size` writes shards + index; a bf16 export loads in bf16 (parameters built on the meta device and
+    assigned: no fp32 copy), the tied head tied again, every tensor equal."""
+    cfg = CheersConfig(llm=LLMConfig(tie_word_embeddings=tied))
+    model = perturbed(CheersModel(cfg)).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "export", max_shard_size=200_000)
+    index = json.loads((tmp_path / "export" / INDEX_FILE).read_text())
+    assert len(set(index["weight_map"].values())) > 3 and not (tmp_path / "export" / WEIGHTS_FILE).exists()
+    heads = [k for k in ("llm.hf.lm_head.weight", "llm.hf.model.embed_tokens.weight") if k in index["weight_map"]]
+    assert len(heads) == (1 if tied else 2)  # a tied head is stored once
+    reloaded = CheersModel.from_pretrained(tmp_path / "export")
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16} and reloaded.llm.is_tied == tied
+    for (name, got), want in zip(reloaded.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+    assert not reloaded.vision.vae.autoencoder.encoder.conv_in.weight.requires_grad  # frozen stays frozen
+
+
+def test_parameters_on_meta_keeps_buffers_real() -> None:
+    with parameters_on_meta():
+        model = CheersModel(CheersConfig())
+    assert all(p.is_meta for p in model.parameters())
+    assert not model.flow_head.stage1.rope.inv_freq.is_meta and not model.vision.vae.autoencoder.bn.running_var.is_meta
+    assert not torch.nn.Linear(2, 2).weight.is_meta  # patch undone

@@ -105,3 +105,35 @@ def test_sampler_determinism_with_seeded_generator():
     assert not torch.equal(run(3), run(4))
     noise = initial_noise((2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert noise.dtype == torch.float64 and noise.shape == (2, 3)
+
+
+def test_official_grid_has_n_points_then_an_extra_step_of_one_over_n():
+    """The released sampler: warp(linspace(0, 1, N)) (N velocity evaluations, the last at t = 1), then one more Euler
+    step of 1/N taken at t = 1."""
+    n, alpha = 10, 0.5
+    grid = time_grid(n, alpha, grid="official", dtype=torch.float64)
+    assert grid.shape == (n + 1,)
+    torch.testing.assert_close(grid[:n], warp_time(torch.linspace(0, 1, n, dtype=torch.float64), alpha))
+    assert grid[n - 1] == 1.0 and grid[n] == 1.0 + 1.0 / n
+    native = time_grid(n, alpha, dtype=torch.float64)
+    assert native.shape == (n + 1,) and native[-1] == 1.0 and not torch.allclose(native, grid)
+    seen = []
+    b, x0 = torch.randn(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
+    x = solve(lambda x, t: seen.append(t[0].item()) or b.expand_as(x), x0, n, alpha, "euler", grid="official")
+    torch.testing.assert_close(x, x0 + (1 + 1 / n) * b)  # overshoots t = 1 by the extra step
+    assert len(seen) == n and seen[-1] == 1.0
+
+
+def test_grids_from_t0_take_int_n_times_one_minus_t0_steps():
+    """Editing starts at t0: int(N·(1 − t0)) steps (72 of 80 for t0 = 0.1), the first velocity at warp(t0)."""
+    official = time_grid(80, 0.5, grid="official", t0=0.1, dtype=torch.float64)
+    native = time_grid(80, 0.5, t0=0.1, dtype=torch.float64)
+    assert official.shape == (72 + 1,) and native.shape == (72 + 1,)
+    assert abs(official[0].item() - 0.1 * 0.5 / (1 - 0.5 * 0.1)) < 1e-12  # warp(0.1) ≈ 0.0526
+    assert native[0] == official[0] and native[-1] == 1.0 and official[-1] == 1 + 1 / 72
+    with pytest.raises(ValueError, match="steps"):
+        time_grid(5, grid="official", t0=0.9)
+    with pytest.raises(ValueError, match="time_grid"):
+        SamplingConfig(time_grid="karras")
+    with pytest.raises(ValueError, match="unconditional"):
+        SamplingConfig(unconditional="nothing")

@@ -14,9 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def modulate(x_BNC: torch.Tensor, shift_BC: torch.Tensor, scale_BC: torch.Tensor) -> torch.Tensor:
-    """`x·(1 + scale) + shift`, broadcast over tokens; returns B×N×C."""
-    return x_BNC * (1 + scale_BC.unsqueeze(1)) + shift_BC.unsqueeze(1)
+def modulate(
+    x_BNC: torch.Tensor, shift_BC: torch.Tensor, scale_BC: torch.Tensor, compute_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`x·(1 + scale) + shift`, broadcast over tokens; returns B×N×C in the dtype of `x`.
+
+    `compute_dtype` (e.g. float32, as the released Cheers code) evaluates the affine map in that dtype and casts the
+    result back; None computes in the inputs' dtype.
+    """
+    if compute_dtype is None:
+        return x_BNC * (1 + scale_BC.unsqueeze(1)) + shift_BC.unsqueeze(1)
+    x, shift, scale = x_BNC.to(compute_dtype), shift_BC.to(compute_dtype), scale_BC.to(compute_dtype)
+    return (x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)).to(x_BNC.dtype)
 
 
 class AdaLNZero(nn.Module):

@@ -21,3 +21,14 @@ def test_adaln_zero_receives_gradient_and_modulate_broadcasts():
     assert ada.linear.weight.grad.abs().sum() > 0
     s, c = torch.randn(2, 5), torch.randn(2, 5)
     torch.testing.assert_close(modulate(x, s, c), x * (1 + c[:, None]) + s[:, None])
+
+
+def test_float32_modulation_of_bf16_inputs_rounds_once():
+    """compute_dtype=float32 (the released code) evaluates x·(1 + scale) + shift in fp32 and rounds once to bf16."""
+    g = torch.Generator().manual_seed(0)
+    x, shift, scale = (torch.randn(4, 64, 32, generator=g).bfloat16(), torch.randn(4, 32, generator=g).bfloat16(),
+                       torch.randn(4, 32, generator=g).bfloat16())  # fmt: skip
+    fp32 = modulate(x, shift, scale, compute_dtype=torch.float32)
+    expected = (x.float() * (1 + scale.float()[:, None]) + shift.float()[:, None]).bfloat16()
+    assert fp32.dtype == torch.bfloat16 and torch.equal(fp32, expected)
+    assert not torch.equal(modulate(x, shift, scale), fp32)  # bf16 arithmetic rounds twice
