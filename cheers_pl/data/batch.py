@@ -22,6 +22,7 @@ class Example:
     sequence: Sequence
     meta: dict = field(default_factory=dict)  # question / answer / category / caption for evaluation callbacks
     events: dict[str, int] = field(default_factory=dict)  # "skip/<reason>", "convert/<mode>" since the last example
+    cursor: tuple[int, ...] | None = None  # training streams: (worker, *resume Cursor) after this example
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Batch:
     keys: list[str]
     meta: list[dict]
     events: dict[str, int]  # data events in the workers since the previous batch: "skip/<reason>", "convert/<mode>"
+    cursor: tuple[int, ...] | None = None  # training streams: where the producing worker resumes after this batch
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -101,4 +103,5 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         keys=[e.key for e in examples],
         meta=[e.meta for e in examples],
         events=dict(events),
+        cursor=examples[-1].cursor,  # a DataLoader worker makes whole batches: the last example is the latest
     )

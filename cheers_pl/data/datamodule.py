@@ -4,32 +4,39 @@ Training streams are resampled and infinite (an epoch is whatever `max_steps` sa
 are finite and partitioned exactly across ranks and DataLoader workers. Bad samples are skipped, logged and counted
 (`Batch.events`), never fatal.
 
-Exact resume: the DataModule's checkpoint state holds the number of training batches consumed and every rank's RNG
-states (torch, CUDA, numpy, python) at save time. On resume each worker stream replays and drops its share of the
-consumed batches (the streams are seeded, so the position is reproduced exactly; replaying costs decoding time), and
-the RNG states are restored just before the first training batch, after the DataLoader has drawn its worker seeds,
-so flow times, noise and guidance dropout continue as in the uninterrupted run.
+Exact resume: the DataModule's checkpoint state holds the number of training batches consumed, each worker's
+stream position (`cheers_pl.data.resumable.Cursor`, carried to the main process by every batch) and every rank's RNG
+states (torch, CUDA, numpy, python) at save time. On resume each worker stream seeks to its cursor without opening
+consumed shards or decoding consumed images, the workers are renumbered so that the DataLoader's round-robin picks
+up with the worker whose batch is next, and the RNG states are restored just before the first training batch, after
+the DataLoader has drawn its worker seeds, so flow times, noise and guidance dropout continue as in the uninterrupted
+run. The position needs the same number of ranks and workers; with another layout the streams start afresh (warned).
+
+A stream in which `data.max_consecutive_skips` samples in a row are skipped (every sample too long, undecodable,
+...) raises a `ValueError` with the skip counts instead of looping forever. Under several ranks, the validation and
+test loaders stop on every rank as soon as one rank's share is exhausted (`EvenBatches`): uneven shards would
+otherwise leave the longer ranks waiting in a collective (`sync_dist`, FSDP's all-gathers) for a batch that never
+comes; what the longer ranks leave out is counted and logged.
 """
 
 import functools
 import logging
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from cheers_pl.data.batch import Batch, Example, collate
+from cheers_pl.data.batch import Batch, collate
 from cheers_pl.data.processing import SequenceBuilder
+from cheers_pl.data.streams import EvenBatches, ExampleStream
 from cheers_pl.data.synthetic import SyntheticConfig
 from cheers_pl.data.tasks import ExampleFactory, TaskWeights
 from cheers_pl.data.text_tokenizer import load_text_tokenizer
-from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
+from cheers_pl.data.webdataset import resolve_shards
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -49,8 +56,9 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 2
-    shuffle_buffer: int = 500
-    max_seq_len: int = 128
+    shuffle_buffer: int = 500  # training: samples per shuffle window
+    max_seq_len: int = 128  # longer examples are skipped and counted (skip/too_long)
+    max_consecutive_skips: int = 1000  # a stream skipping this many samples in a row is an error, not an endless loop
     task_weights: TaskWeights = field(default_factory=TaskWeights)
     seed: int = 0
     # `make-shards` (synthetic world)
@@ -60,7 +68,14 @@ class DataConfig:
     text_tokenizer_vocab_size: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "num_image_tokens", "batch_size", "eval_batch_size", "max_seq_len"):
+        for name in (
+            "image_size",
+            "num_image_tokens",
+            "batch_size",
+            "eval_batch_size",
+            "max_seq_len",
+            "max_consecutive_skips",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -99,60 +114,6 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-class ExampleStream(IterableDataset):
-    """One split as a stream of `Example`s for one rank; each DataLoader worker reads its own part."""
-
-    def __init__(
-        self,
-        urls: list[str],
-        factory: ExampleFactory,
-        *,
-        rank: int,
-        world_size: int,
-        resampled: bool,
-        shuffle_buffer: int,
-        seed: int,
-        skip_batches: int = 0,
-        batch_size: int = 1,
-    ) -> None:
-        super().__init__()
-        self.urls, self.factory = urls, factory
-        self.skip_batches, self.batch_size = skip_batches, batch_size
-        self.rank, self.world_size, self.resampled = rank, world_size, resampled
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.counter = EventCounter()
-
-    def __iter__(self) -> Iterator[Example]:
-        info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
-        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/tasks")  # str seeds are stable across processes
-        stream = raw_samples(
-            self.urls, self.counter, rank=self.rank, world_size=self.world_size, resampled=self.resampled,
-            seed=self.seed,
-        )  # fmt: skip
-        if self.shuffle_buffer > 1:
-            shuffle_rng = random.Random(f"{self.seed}/{self.rank}/{worker}/shuffle")
-            stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 4, rng=shuffle_rng)(stream)
-        num_workers = 1 if info is None else info.num_workers
-        # the DataLoader takes batches round-robin from its workers: this worker made every num_workers-th one
-        to_skip = len(range(worker, self.skip_batches, num_workers)) * self.batch_size
-        for raw in stream:
-            try:
-                example = self.factory(raw, rng, self.counter)
-            except SkipSample as skip:
-                self.counter.add(f"skip/{skip.reason}", str(skip))
-                continue
-            example.events = self.counter.drain()
-            if to_skip:  # consumed before the checkpoint this run resumes from
-                to_skip -= 1
-                continue
-            yield example
-        trailing = self.counter.drain()  # nothing follows to carry them: log them with the worker's totals
-        if trailing:
-            log.warning("data: rank %d worker %d: %s after the last example; totals %s", self.rank, worker, trailing,
-                        dict(self.counter.total))  # fmt: skip
-
-
 class CheersDataModule(L.LightningDataModule):
     """Streams the configured shards; rank and world size come from the attached Trainer unless given."""
 
@@ -162,6 +123,8 @@ class CheersDataModule(L.LightningDataModule):
         self._rank, self._world_size = rank, world_size
         self.text_tokenizer = None
         self.train_batches = 0  # training batches handed to the model so far (resume position)
+        self.cursors: dict[int, tuple[int, ...]] = {}  # logical worker -> its Cursor after its last consumed batch
+        self._resume: dict[int, tuple[int, ...]] = {}
         self._pending_rng: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -188,22 +151,27 @@ class CheersDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> ExampleStream:
         """The `Example` stream of a split for this rank (training is resampled and infinite)."""
         train = split == "train"
+        urls = resolve_shards(self.cfg.shards(split))
+        if train and len(urls) < self.world_size:
+            log.warning("data: %d training shards for %d ranks: every rank draws from all of them (independent "
+                        "seeds, so ranks see overlapping samples)", len(urls), self.world_size)  # fmt: skip
         return ExampleStream(
-            resolve_shards(self.cfg.shards(split)),
+            urls,
             self.factory(),
             rank=self.rank,
             world_size=self.world_size,
             resampled=train,
             shuffle_buffer=self.cfg.shuffle_buffer if train else 0,
             seed=self.cfg.seed,
-            skip_batches=self.train_batches if train else 0,
-            batch_size=self.cfg.batch_size,
+            resume=self._resume if train else None,
+            worker_offset=self.train_batches % max(1, self.cfg.num_workers) if train else 0,
+            max_consecutive_skips=self.cfg.max_consecutive_skips,
         )
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader | EvenBatches:
         batch_size = self.cfg.batch_size if split == "train" else self.cfg.eval_batch_size
         pad_id = self.text_tokenizer.pad_token_id if self.text_tokenizer is not None else 0
-        return DataLoader(
+        loader = DataLoader(
             self.dataset(split),
             batch_size=batch_size,
             num_workers=self.cfg.num_workers,
@@ -211,38 +179,55 @@ class CheersDataModule(L.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
+        if split == "train" or self.trainer is None or self.trainer.world_size == 1:
+            return loader
+        return EvenBatches(loader, functools.partial(self.trainer.strategy.reduce_boolean_decision, all=True), split,
+                           self.rank)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | EvenBatches:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | EvenBatches:
         return self._loader("test")
 
     # ---- exact resume (Lightning saves/restores this with every checkpoint) ----
 
     def state_dict(self) -> dict:
-        """Training batches consumed and each rank's RNG states (gathered: every rank calls this on save)."""
-        states = [rng_states()]
+        """Batches consumed, each rank's worker cursors and RNG states (gathered: every rank calls this on save)."""
+        mine = {"rng": rng_states(), "cursors": dict(self.cursors)}
+        ranks = [mine]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, rng_states())
-        return {"train_batches": self.train_batches, "rng": states}
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        return {
+            "train_batches": self.train_batches,
+            "num_workers": self.cfg.num_workers,
+            "rng": [r["rng"] for r in ranks],
+            "cursors": [r["cursors"] for r in ranks],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.train_batches = int(state["train_batches"])
-        states = state.get("rng") or []
-        if len(states) == self.world_size:
-            self._pending_rng = states[self.rank]
-        else:
-            log.warning("data: checkpoint has RNG states of %d ranks, this run has %d: RNG not restored (data "
-                        "position is)", len(states), self.world_size)  # fmt: skip
+        states, cursors = state.get("rng") or [], state.get("cursors")
+        layout = (len(states), state.get("num_workers"))
+        if cursors is None or layout != (self.world_size, self.cfg.num_workers):
+            log.warning("data: the checkpoint's data position is for %s ranks x %s workers (or an earlier release), "
+                        "this run has %d x %d: the streams start afresh and the RNG is not restored", *layout,
+                        self.world_size, self.cfg.num_workers)  # fmt: skip
+            self.train_batches = 0
+            return
+        self._resume = dict(cursors[self.rank])
+        self.cursors = dict(self._resume)
+        self._pending_rng = states[self.rank]
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.trainer is not None and self.trainer.training:
             self.train_batches += 1
+            if batch.cursor is not None:
+                self.cursors[batch.cursor[0]] = tuple(batch.cursor[1:])
             if self._pending_rng is not None:
                 set_rng_states(self._pending_rng)
                 self._pending_rng = None

@@ -1,10 +1,12 @@
 """Streaming DataModule: partitioning, task mixture, bad samples, batching (cheers_pl/data/datamodule.py)."""
 
 import io
+import itertools
 import json
 import random
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from cheers_pl.data.webdataset import EventCounter, write_shard
 
 
 def _cfg(shard_dir: Path, **kw) -> DataConfig:
-    return DataConfig(shard_dir=str(shard_dir), num_workers=0, batch_size=16, eval_batch_size=16, **kw)
+    return DataConfig(**{"shard_dir": str(shard_dir), "num_workers": 0, "batch_size": 16, "eval_batch_size": 16, **kw})
 
 
 def _keys_of(dm: CheersDataModule, split: str, num_workers: int) -> list[str]:
@@ -164,3 +166,88 @@ def test_task_rng_is_stable_across_processes() -> None:
     assert random.Random("0/0/0/tasks").random() == random.Random("0/0/0/tasks").random()
     stream = ExampleStream([], None, rank=0, world_size=1, resampled=False, shuffle_buffer=0, seed=0)  # type: ignore[arg-type]
     assert isinstance(stream.counter, EventCounter)
+
+
+def _consume(dm: CheersDataModule, n: int) -> list[list[str]]:
+    """Keys of the first `n` training batches, bookkept as Lightning hands them to the model."""
+    batches = iter(dm.train_dataloader())
+    out = []
+    for _ in range(n):
+        out.append(list(dm.on_before_batch_transfer(next(batches), 0).keys))
+    return out
+
+
+def _training(dm: CheersDataModule) -> CheersDataModule:
+    dm.trainer = SimpleNamespace(training=True, world_size=1, global_rank=0)  # what the DataModule reads of it
+    return dm
+
+
+def test_resume_continues_the_exact_batches_with_two_workers(shard_dir: Path) -> None:
+    """3 batches consumed (odd, so the next batch is worker 1's) then saved: the resumed loader continues exactly."""
+    cfg = _cfg(shard_dir, num_workers=2, batch_size=4, shuffle_buffer=20)
+    full = _consume(_training(CheersDataModule(cfg)), 8)
+    first = _training(CheersDataModule(cfg))
+    assert _consume(first, 3) == full[:3]
+    state = first.state_dict()
+    assert state["train_batches"] == 3 and sorted(state["cursors"][0]) == [0, 1]
+    resumed = _training(CheersDataModule(cfg))
+    resumed.load_state_dict(state)
+    assert _consume(resumed, 5) == full[3:]
+
+
+def test_resume_decodes_no_consumed_image(shard_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cheers_pl.data import tasks
+
+    decoded = []
+    real = tasks.decode_image
+    monkeypatch.setattr(tasks, "decode_image", lambda data: decoded.append(1) or real(data))
+    cfg = _cfg(shard_dir, batch_size=4, shuffle_buffer=20, task_weights=TaskWeights(1, 1, 0))
+    dm = _training(CheersDataModule(cfg))
+    _consume(dm, 30)  # 120 examples
+    assert len(decoded) == 120
+    resumed = _training(CheersDataModule(cfg))
+    resumed.load_state_dict(dm.state_dict())
+    decoded.clear()
+    _consume(resumed, 1)
+    assert len(decoded) == 4  # the 4 examples of the next batch, none of the 120 consumed
+
+
+def test_other_layout_on_resume_starts_afresh_and_says_so(shard_dir: Path, caplog) -> None:
+    dm = _training(CheersDataModule(_cfg(shard_dir, batch_size=4)))
+    _consume(dm, 2)
+    other = CheersDataModule(_cfg(shard_dir, batch_size=4, num_workers=2))
+    other.load_state_dict(dm.state_dict())
+    assert other.train_batches == 0 and "start afresh" in caplog.text
+
+
+def test_samples_longer_than_max_seq_len_are_skipped_and_counted(shard_dir: Path) -> None:
+    dm = CheersDataModule(_cfg(shard_dir, max_seq_len=48, task_weights=TaskWeights(1, 1, 0)))
+    examples = list(itertools.islice(dm.dataset("train"), 100))
+    events: Counter[str] = Counter()
+    for e in examples:
+        events.update(e.events)
+    assert events["skip/too_long"] > 0 and all(len(e.sequence) <= 48 for e in examples)
+
+
+def test_a_stream_where_every_sample_is_skipped_raises(shard_dir: Path) -> None:
+    dm = CheersDataModule(_cfg(shard_dir, max_seq_len=4, max_consecutive_skips=50))
+    with pytest.raises(ValueError, match=r"the last 50 samples were all skipped \({'too_long': 50}"):
+        next(iter(dm.dataset("train")))
+
+
+def test_fewer_training_shards_than_ranks_warns_and_both_ranks_read(tmp_path: Path, shard_dir: Path, caplog) -> None:
+    write_shard([make_sample(i, "train", SyntheticConfig()) for i in range(8)], tmp_path / "train-000000.tar")
+    cfg = _cfg(tmp_path, text_tokenizer=str(shard_dir / "tokenizer"), num_workers=2, batch_size=4)
+    keys = [set(_keys_of_train(CheersDataModule(cfg, rank=r, world_size=2))) for r in range(2)]
+    assert keys[0] and keys[1] and "1 training shards for 2 ranks" in caplog.text
+
+
+def _keys_of_train(dm: CheersDataModule) -> list[str]:
+    batches = iter(dm.train_dataloader())
+    return [k for _ in range(4) for k in next(batches).keys]
+
+
+def test_shard_spec_matching_nothing_names_the_spec(tmp_path: Path) -> None:
+    dm = CheersDataModule(_cfg(tmp_path, train_shards=str(tmp_path / "nope-*.tar")))
+    with pytest.raises(ValueError, match=r"shard spec '.*nope-\*.tar' matches no files"):
+        dm.train_dataloader()
