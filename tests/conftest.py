@@ -33,3 +33,13 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory):
     )
     write_all(cfg, workers=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen2.5 tokenizer files of the release (`tests/fixtures/official/`) with the Cheers tokens (≈ 4 s)."""
+    from pathlib import Path
+
+    from cheers_pl.data.text_tokenizer import load_text_tokenizer
+
+    return load_text_tokenizer(str(Path(__file__).parent / "fixtures" / "official" / "qwen2.5_tokenizer"))

@@ -2,12 +2,17 @@
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
+from PIL import Image
 
+from cheers_pl.data.batch import left_pad
+from cheers_pl.data.processing import ProcessingConfig, SequenceBuilder
 from cheers_pl.data.text_tokenizer import NO_MEAN
-from cheers_pl.pipeline import CheersPipeline
+from cheers_pl.objective.sampling import SamplingConfig
+from cheers_pl.pipeline import CheersPipeline, blank_all_text, blank_prompt
 from tests._models import perturbed_pipeline
 
 PROMPTS = ["a red circle", "two blue squares left of a green circle"]
@@ -97,3 +102,66 @@ def test_bf16_cuda_generate_and_answer(pipe: CheersPipeline) -> None:
     torch.testing.assert_close(a.latents.float(), b.latents.float(), atol=0.1, rtol=0.05)
     answers = gpu.answer(a.images, ["how many shapes?", "what colour?"], max_new_tokens=4)
     assert len(answers) == 2 and all(isinstance(x, str) for x in answers)
+
+
+def test_all_text_unconditional_prompt_is_the_released_one(qwen_tokenizer) -> None:
+    """sampling.unconditional="all_text": every token but `<im_start>`, `<im_end>` and the image positions becomes
+    `<no_mean>` (the released `_build_uncond_full_ids`); padding stays padding."""
+    builder = SequenceBuilder(qwen_tokenizer, 4, ProcessingConfig.official())
+    batch = left_pad([builder.generation_prompt("a red fox"), builder.edit_prompt("make the fox blue")], 151643)
+    twins = blank_all_text(batch, [151667, 151668], 151669)
+    for row in range(2):
+        real = batch.input_ids[row][batch.pad_mask[row]].tolist()
+        image = batch.block_ids[row][batch.pad_mask[row]].tolist()
+        want = [t if t in (151667, 151668) or b else 151669 for t, b in zip(real, image, strict=True)]
+        assert twins[row][batch.pad_mask[row]].tolist() == want
+        assert (twins[row][~batch.pad_mask[row]] == 151643).all()
+    assert twins[0][batch.pad_mask[0]].tolist()[-1] == 151667 and (twins[0][-2] == 151669)
+    native = blank_prompt(batch.input_ids, batch.prompt_mask, 151669)
+    assert (native != twins).any()
+
+
+@pytest.fixture(scope="module")
+def sources() -> torch.Tensor:
+    return images(2, seed=7)
+
+
+def test_edit_shapes_determinism_and_cached_equals_uncached(pipe: CheersPipeline, sources: torch.Tensor) -> None:
+    kwargs = dict(num_steps=5, guidance_scale=2.0, alpha=0.5, t0=0.4)
+    instructions = ["make it red", "add a blue square"]
+    a = pipe.edit(sources, instructions, seed=0, record_gates=True, **kwargs)
+    b = pipe.edit(sources, instructions, seed=0, use_cache=False, **kwargs)
+    c = pipe.edit(sources, instructions, seed=1, **kwargs)
+    assert a.images.shape == (2, 3, 64, 64) and a.latents.shape == (2, 32, 8, 8)
+    torch.testing.assert_close(a.latents, b.latents, atol=1e-4, rtol=0)
+    assert not torch.allclose(a.latents, c.latents, atol=1e-3)
+    assert a.gates.shape[0] == int(5 * (1 - 0.4)) == 3  # int(N·(1 − t0)) velocity evaluations
+    official = pipe.edit(sources, instructions, time_grid="official", record_gates=True, **kwargs)
+    assert official.gates.shape[0] == 3 and not torch.allclose(official.latents, a.latents, atol=1e-3)
+    with pytest.raises(ValueError, match="t0"):
+        pipe.edit(sources, instructions, t0=1.0)
+
+
+def test_edit_returns_the_source_latent_as_t0_approaches_one(pipe: CheersPipeline, sources: torch.Tensor) -> None:
+    z1 = pipe.model.vision.encode(sources)
+    errors = []
+    for t0 in (0.8, 0.95, 0.99):  # 19, 5 and 1 steps of 100
+        out = pipe.edit(sources, ["keep it"] * 2, t0=t0, num_steps=100, guidance_scale=2.0, alpha=1.0)
+        errors.append(((out.latents - z1).norm() / z1.norm()).item())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.1
+
+
+def test_settings_travel_with_the_export(pipe: CheersPipeline, tmp_path) -> None:
+    official = CheersPipeline(
+        pipe.model, pipe.text_tokenizer, SamplingConfig(time_grid="official", unconditional="all_text"),
+        ProcessingConfig.official(),
+    )  # fmt: skip
+    official.save_pretrained(tmp_path / "export")
+    again = CheersPipeline.from_pretrained(tmp_path / "export")
+    assert again.sampling == official.sampling and again.processing == official.processing
+    assert again.preprocess(Image.new("RGB", (64, 32), (255, 255, 255)))[:, 0].eq(-1).all()  # black padding
+    (tmp_path / "export" / "pipeline.json").write_text(json.dumps({"sampling": {"stepz": 3}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['sampling.stepz'\]"):
+        CheersPipeline.from_pretrained(tmp_path / "export")
+    (tmp_path / "export" / "pipeline.json").unlink()  # an export written before pipeline.json: defaults
+    assert CheersPipeline.from_pretrained(tmp_path / "export").sampling == SamplingConfig()

@@ -7,10 +7,15 @@ Sequence layout (ChatML turns, DESIGN.md §1.2); `N` image positions per image b
 Labels (aligned with the ids; the loss shifts them) are set on assistant tokens only. Image positions are never
 targets, nor is the `<im_end>` that follows them (it would be predicted from an image position); `<im_start>` is a
 target, which teaches the LM to switch to image mode.
+
+`ProcessingConfig` holds where the released Cheers code formats differently (R14; `ProcessingConfig.official()`):
+a system turn "You are a helpful assistant." before the user turn; its label rule (`label_rule="official"`: the
+whole assistant turn, header included, plus every `\n`, `<|im_start|>`, `<|im_end|>`, `<im_start>` and `<no_mean>`
+anywhere; image positions and `<im_end>` never); understanding images padded with black instead of mid-grey.
 """
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -28,6 +33,33 @@ from cheers_pl.data.text_tokenizer import (
     TURN_START,
 )
 from cheers_pl.objective.lm import IGNORE_INDEX
+
+LABEL_RULES = ("assistant", "official")
+PAD_FILLS = {"grey": 0.0, "black": -1.0}  # pad values in [-1, 1]
+OFFICIAL_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+@dataclass
+class ProcessingConfig:
+    """How text and images become model inputs; defaults are native, `official()` the released code's."""
+
+    system_prompt: str | None = None  # a system turn before the user turn (released: OFFICIAL_SYSTEM_PROMPT)
+    label_rule: str = "assistant"  # a LABEL_RULES value (see the module docstring)
+    pad_fill: str = "grey"  # a PAD_FILLS key: what pads understanding images to a square
+
+    def __post_init__(self) -> None:
+        if self.label_rule not in LABEL_RULES:
+            raise ValueError(f"processing.label_rule must be one of {LABEL_RULES}, got {self.label_rule!r}")
+        if self.pad_fill not in PAD_FILLS:
+            raise ValueError(f"processing.pad_fill must be one of {sorted(PAD_FILLS)}, got {self.pad_fill!r}")
+
+    @classmethod
+    def official(cls) -> "ProcessingConfig":
+        """The released Cheers code's template, labels and padding."""
+        return cls(system_prompt=OFFICIAL_SYSTEM_PROMPT, label_rule="official", pad_fill="black")
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def decode_image(data: bytes) -> tuple[Image.Image, str | None]:
@@ -76,14 +108,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (to_unit(images) * 255).round().to(torch.uint8)
 
 
-def understanding_transform(img: Image.Image, size: int) -> torch.Tensor:
-    """Resizes the longer side to `size` and pads to a square (pad value 0 = mid-grey), keeping the whole image."""
+def understanding_transform(img: Image.Image, size: int, fill: float = 0.0) -> torch.Tensor:
+    """Resizes the longer side to `size` and pads to a square with `fill` (0 = mid-grey, −1 = black), keeping the
+    whole image."""
     w, h = img.size
     scale = size / max(w, h)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     x = to_tensor(img.resize((new_w, new_h), Image.BICUBIC) if (new_w, new_h) != (w, h) else img)
     left, top = (size - new_w) // 2, (size - new_h) // 2
-    return TF.pad(x, [left, top, size - new_w - left, size - new_h - top], fill=0.0)
+    return TF.pad(x, [left, top, size - new_w - left, size - new_h - top], fill=fill)
 
 
 def generation_transform(img: Image.Image, size: int) -> torch.Tensor:
@@ -115,6 +148,7 @@ class SequenceBuilder:
 
     text_tokenizer: PreTrainedTokenizerBase
     num_image_tokens: int
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     ids: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +158,9 @@ class SequenceBuilder:
         if unknown:
             raise ValueError(f"text tokenizer lacks the special tokens {unknown}; load it with load_text_tokenizer()")
         self.ids["pad"] = self.text_tokenizer.pad_token_id
+        # the released template's always-targets: "\n" (one token in Qwen2.5: 198) and the turn / image markers
+        self.always_targets = {*self._text("\n")[:1], *(self.ids[n] for n in (TURN_START, TURN_END, IMAGE_START))}
+        self.always_targets.add(self.ids[NO_MEAN])
 
     def _text(self, text: str) -> list[int]:
         return self.text_tokenizer(text, add_special_tokens=False).input_ids
@@ -134,40 +171,58 @@ class SequenceBuilder:
     def _image_block(self, slot: str) -> list[int]:
         return [self.ids[IMAGE_START], *([self.ids[slot]] * self.num_image_tokens), self.ids[IMAGE_END]]
 
+    def _label(self, token: int, kind: str) -> int:
+        """The label of one token of a part of `kind` under the configured label rule."""
+        if kind == "target":
+            return token
+        official = self.processing.label_rule == "official"
+        if official and kind not in ("image", "image_end") and (kind == "assistant" or token in self.always_targets):
+            return token
+        return IGNORE_INDEX
+
     def _assemble(self, parts: list[tuple[list[int], str]]) -> Sequence:
-        """Concatenates (ids, kind) parts; kind ∈ {ctx, prompt, target, image, image_end}."""
+        """Concatenates (ids, kind) parts; kind ∈ {ctx, prompt, target, image, image_end, assistant} (`assistant`:
+        the assistant turn's header and closing newline, targets under the official label rule only)."""
         seq = Sequence([], [], [], [])
         for ids, kind in parts:
             seq.input_ids += ids
-            seq.labels += ids if kind == "target" else [IGNORE_INDEX] * len(ids)
+            seq.labels += [self._label(t, kind) for t in ids]
             seq.block_ids += [1 if kind == "image" else 0] * len(ids)
             seq.prompt_mask += [kind == "prompt"] * len(ids)
         return seq
 
+    def _system_parts(self) -> list[tuple[list[int], str]]:
+        if self.processing.system_prompt is None:
+            return []
+        opening = [self.ids[TURN_START], *self._text(f"system\n{self.processing.system_prompt}")]
+        return [(opening, "ctx"), ([self.ids[TURN_END], *self._text("\n")], "ctx")]
+
     def _image_parts(self, slot: str, as_target: bool) -> list[tuple[list[int], str]]:
         block = self._image_block(slot)
-        return [([block[0]], "target" if as_target else "ctx"), (block[1:-1], "image"), ([block[-1]], "ctx")]
+        return [([block[0]], "target" if as_target else "ctx"), (block[1:-1], "image"), ([block[-1]], "image_end")]
 
     def _understanding_parts(self, question: str) -> list[tuple[list[int], str]]:
         return [
+            *self._system_parts(),
             (self._turn_open("user"), "ctx"),
             *self._image_parts(IMAGE_TOKEN, as_target=False),
             (self._text("\n" + question), "prompt"),
             ([self.ids[TURN_END], *self._text("\n")], "ctx"),
-            (self._turn_open("assistant"), "ctx"),
+            (self._turn_open("assistant"), "assistant"),
         ]
 
     def _generation_parts(self, caption: str) -> list[tuple[list[int], str]]:
         return [
+            *self._system_parts(),
             (self._turn_open("user"), "ctx"),
             (self._text(caption), "prompt"),
             ([self.ids[TURN_END], *self._text("\n")], "ctx"),
-            (self._turn_open("assistant"), "ctx"),
+            (self._turn_open("assistant"), "assistant"),
             *self._image_parts(IMAGE_GEN_TOKEN, as_target=True),
         ]
 
     def _answer_parts(self, answer: str) -> list[tuple[list[int], str]]:
-        return [([*self._text(answer), self.ids[TURN_END]], "target"), (self._text("\n"), "ctx")]
+        return [([*self._text(answer), self.ids[TURN_END]], "target"), (self._text("\n"), "assistant")]
 
     def understanding(self, question: str, answer: str) -> Sequence:
         """Image + question → answer; the image block sits before the question in the user turn."""
@@ -176,17 +231,18 @@ class SequenceBuilder:
     def generation(self, caption: str) -> Sequence:
         """Caption → image; `<im_start>` and the closing `<|im_end|>` are targets, the image block is not."""
         return self._assemble(
-            [*self._generation_parts(caption), ([self.ids[TURN_END]], "target"), (self._text("\n"), "ctx")]
+            [*self._generation_parts(caption), ([self.ids[TURN_END]], "target"), (self._text("\n"), "assistant")]
         )
 
     def text(self, prompt: str, answer: str) -> Sequence:
         """Text-only turn: prompt → answer."""
         return self._assemble(
             [
+                *self._system_parts(),
                 (self._turn_open("user"), "ctx"),
                 (self._text(prompt), "prompt"),
                 ([self.ids[TURN_END], *self._text("\n")], "ctx"),
-                (self._turn_open("assistant"), "ctx"),
+                (self._turn_open("assistant"), "assistant"),
                 *self._answer_parts(answer),
             ]
         )
@@ -201,3 +257,8 @@ class SequenceBuilder:
         The sampler appends the `num_image_tokens` image positions (one bidirectional block) after it.
         """
         return self._assemble(self._generation_parts(caption)[:-2])
+
+    def edit_prompt(self, instruction: str) -> Sequence:
+        """Zero-shot editing (the released code's mode): the understanding prompt of the source image (block 1) and
+        the instruction, then `<im_start>`; the sampler appends the generated image block (block 2) after it."""
+        return self._assemble([*self._understanding_parts(instruction), ([self.ids[IMAGE_START]], "target")])

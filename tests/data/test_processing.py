@@ -1,13 +1,22 @@
 """Image decoding/resizing and chat-sequence building (cheers_pl/data/processing.py)."""
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cheers_pl.data.processing import SequenceBuilder, decode_image, generation_transform, understanding_transform
+from cheers_pl.data.processing import (
+    PAD_FILLS,
+    ProcessingConfig,
+    SequenceBuilder,
+    decode_image,
+    generation_transform,
+    understanding_transform,
+)
 from cheers_pl.data.text_tokenizer import train_text_tokenizer
 from cheers_pl.objective.lm import IGNORE_INDEX
 
@@ -113,3 +122,91 @@ def test_missing_special_tokens_is_an_error() -> None:
     plain.unk_token = "[UNK]"
     with pytest.raises(ValueError, match="special tokens"):
         SequenceBuilder(plain, num_image_tokens=N)
+
+
+OFFICIAL_TEMPLATE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "official" / "qwen2.5_tokenizer" / "tokenizer_config.json"
+)
+SPECIAL = {"<image>": 151665, "<image_gen>": 151666, "<im_start>": 151667, "<im_end>": 151668, "<no_mean>": 151669}
+
+
+def _official_training_ids(tok, messages: list[dict], n: int) -> tuple[list[int], list[int]]:
+    """The released training template (`rae_qwen`), written out from its description: the system turn through
+    Qwen's own template, then `<|im_start|>{role}\\n{content.strip()}<|im_end|>\\n` per message; labels = the
+    assistant messages' tokens plus every `\\n` (198), `<|im_start|>`, `<|im_end|>`, `<im_start>`, `<im_end>`,
+    `<no_mean>`; then the single `<image>` / `<image_gen>` expanded to n positions (never targets) and `<im_end>`
+    not a target (the released loss shifts it out)."""
+    qwen_template = json.loads(OFFICIAL_TEMPLATE.read_text())["chat_template"]
+    system = [{"role": "system", "content": "You are a helpful assistant."}]
+    ids = tok(tok.apply_chat_template(system, chat_template=qwen_template, tokenize=False), add_special_tokens=False)
+    ids, labels = list(ids.input_ids), [IGNORE_INDEX] * len(ids.input_ids)
+    for m in messages:
+        part = tok(f"<|im_start|>{m['role']}\n{m['content'].strip()}<|im_end|>\n", add_special_tokens=False).input_ids
+        ids += part
+        labels += part if m["role"] == "assistant" else [IGNORE_INDEX] * len(part)
+    always = {198, 151644, 151645, 151667, 151668, 151669}
+    labels = [t if t in always else lab for t, lab in zip(ids, labels, strict=True)]
+    out_ids, out_labels = [], []
+    for t, lab in zip(ids, labels, strict=True):
+        count = n if t in (SPECIAL["<image>"], SPECIAL["<image_gen>"]) else 1
+        out_ids += [t] * count
+        never = (SPECIAL["<image>"], SPECIAL["<image_gen>"], SPECIAL["<im_end>"])
+        out_labels += [IGNORE_INDEX if t in never else lab] * count
+    return out_ids, out_labels
+
+
+def test_real_qwen_tokenizer_gets_the_released_special_token_ids(qwen_tokenizer) -> None:
+    assert {t: qwen_tokenizer.convert_tokens_to_ids(t) for t in SPECIAL} == SPECIAL
+    assert len(qwen_tokenizer) == 151670 and qwen_tokenizer.pad_token_id == 151643
+
+
+def test_official_template_and_labels_token_for_token(qwen_tokenizer) -> None:
+    """With ProcessingConfig.official() our sequences equal the released training template, labels included."""
+    builder = SequenceBuilder(qwen_tokenizer, N, ProcessingConfig.official())
+    und = builder.understanding("What is this?", "A red apple.")
+    want = _official_training_ids(qwen_tokenizer, [
+        {"role": "user", "content": "<im_start><image><im_end>\nWhat is this?"},
+        {"role": "assistant", "content": "A red apple."},
+    ], N)  # fmt: skip
+    assert (und.input_ids, und.labels) == want
+    gen = builder.generation("An apple.\nBased on the above description, generate an image.")
+    want = _official_training_ids(qwen_tokenizer, [
+        {"role": "user", "content": "An apple.\nBased on the above description, generate an image."},
+        {"role": "assistant", "content": "<im_start><image_gen><im_end>"},
+    ], N)  # fmt: skip
+    assert (gen.input_ids, gen.labels) == want
+    native = SequenceBuilder(qwen_tokenizer, N).understanding("What is this?", "A red apple.")
+    assert native.input_ids != und.input_ids and native.labels != und.labels[-len(native.labels) :]
+
+
+def test_official_inference_prompts_are_the_released_chat_template(qwen_tokenizer) -> None:
+    """`answer` / `generate` prompts = Qwen's template with its default system turn and the generation prompt
+    (+ `<im_start>` for text-to-image, as the released processor appends it)."""
+    qwen_template = json.loads(OFFICIAL_TEMPLATE.read_text())["chat_template"]
+
+    def official(content: str) -> list[int]:
+        text = qwen_tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], chat_template=qwen_template, tokenize=False,
+            add_generation_prompt=True,
+        )  # fmt: skip
+        return qwen_tokenizer(text, add_special_tokens=False).input_ids
+
+    builder = SequenceBuilder(qwen_tokenizer, 1, ProcessingConfig.official())
+    assert builder.understanding_prompt("Describe this image.").input_ids == official(
+        "<im_start><image><im_end>\nDescribe this image."
+    )
+    assert builder.generation_prompt("a red fox").input_ids == [*official("a red fox"), SPECIAL["<im_start>"]]
+    assert builder.edit_prompt("make it blue").input_ids == [
+        *official("<im_start><image><im_end>\nmake it blue"),
+        SPECIAL["<im_start>"],
+    ]
+
+
+def test_black_padding_option() -> None:
+    wide = Image.fromarray(np.full((32, 64, 3), 255, np.uint8))
+    und = understanding_transform(wide, 16, fill=PAD_FILLS["black"])
+    assert torch.all(und[:, 0] == -1.0) and torch.all(und[:, 8] == 1.0)
+    with pytest.raises(ValueError, match="pad_fill"):
+        ProcessingConfig(pad_fill="white")
+    with pytest.raises(ValueError, match="label_rule"):
+        ProcessingConfig(label_rule="everything")
