@@ -18,10 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 from cheers_pl.ablate import AblateArgs
 from cheers_pl.bench.args import BenchArgs
 from cheers_pl.config import ExperimentConfig, compose
+from cheers_pl.convert import ConvertArgs
 from cheers_pl.data_stats import DataStatsArgs
 from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
-from cheers_pl.sample import AnswerArgs, SampleArgs
+from cheers_pl.official_samples import DPGArgs, GenEvalArgs
+from cheers_pl.sample import AnswerArgs, EditArgs, SampleArgs
 
 
 @dataclass
@@ -92,6 +94,30 @@ def _bench(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(args)
 
 
+def _edit(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.sample import edit
+
+    return edit(args)
+
+
+def _convert_official(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.convert import run
+
+    return run(args)
+
+
+def _geneval_samples(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.official_samples import geneval_samples
+
+    return geneval_samples(args)
+
+
+def _dpg_samples(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.official_samples import dpg_samples
+
+    return dpg_samples(args)
+
+
 COMMANDS: dict[str, Command] = {
     "make-shards": Command(_make_shards, "write the synthetic world as train/val/test WebDataset shards + manifest"),
     "data-stats": Command(_data_stats, "task/skip counts and samples/s over num_samples=2000", DataStatsArgs),
@@ -102,6 +128,19 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
     "ablate": Command(_ablate, "paper ablations at an equal budget -> table + plot", AblateArgs, False),
     "bench": Command(_bench, "speed/memory benchmarks -> bench.json + bench.md [quick=true]", BenchArgs, False),
+    "edit": Command(_edit, "zero-shot edit: ckpt=... image=... instruction=... [t0=0.1]", EditArgs, False),
+    "convert-official": Command(
+        _convert_official,
+        "released ai9stars/Cheers -> pipeline dir: src=... dst=... [check_only=true]",
+        ConvertArgs,
+        False,
+    ),
+    "geneval-samples": Command(
+        _geneval_samples, "GenEval folders: ckpt=... [metadata=<jsonl>] [out_dir=...]", GenEvalArgs, False
+    ),
+    "dpg-samples": Command(
+        _dpg_samples, "DPG-Bench 2x2 grids: ckpt=... [prompts=<jsonl>] [out_dir=...]", DPGArgs, False
+    ),
 }
 
 
@@ -121,7 +160,7 @@ def parse_args(args_cls: type | None, items: list[str]) -> tuple[Any, list[str]]
 
 def usage() -> str:
     lines = ["usage: python -m cheers_pl <command> experiment=<name> [key=value ...]", "", "commands:"]
-    lines += [f"  {name:<14} {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += [f"  {name:<17} {cmd.help}" for name, cmd in COMMANDS.items()]
     return "\n".join(lines)
 
 

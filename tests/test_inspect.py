@@ -18,7 +18,7 @@ def test_full_size_experiments_compose_with_the_paper_recipe(experiment: str) ->
     assert cfg.stage.optim.betas == (0.9, 0.95) and cfg.stage.optim.warmup_frac == 0.02
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     global_batch = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices
-    lr, steps, batch = {"align_1p5b": (1e-4, 30000, 512), "pretrain_1p5b": (1e-4, 60000, 512),
+    lr, steps, batch = {"align_1p5b": (1e-4, 32000, 512), "pretrain_1p5b": (1e-4, 60000, 512),
                         "refined_1p5b": (4e-5, 65000, 512), "sft_1p5b": (2e-5, 30000, 128)}[experiment]  # fmt: skip
     assert (cfg.stage.optim.lr, cfg.trainer.max_steps, global_batch) == (lr, steps, batch)
 

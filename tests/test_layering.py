@@ -8,7 +8,7 @@ is an import). The floors, top to bottom:
     callbacks   schedule, gather and log metrics (R10)
     eval        metric definitions and the evaluate sections
     stage       the LightningModules (R4) and the distributed strategies
-    checkpoint  checkpoint files: safe reading, the saved config, renamed keys
+    checkpoint  checkpoint files: safe reading, the saved config, renamed keys | the released checkpoint's layout
     pipeline    text in, text and images out, over the model
     model/data  tensors-in, tensors-out networks | the synthetic world, shards, processing, batches, DataModule
     objective   the flow process, losses, samplers | the optimiser
@@ -29,6 +29,7 @@ COMMANDS = (
     "cheers_pl.__main__", "cheers_pl.cli", "cheers_pl.config", "cheers_pl.registry", "cheers_pl.restore",
     "cheers_pl.train", "cheers_pl.evaluate", "cheers_pl.ablate", "cheers_pl.sample", "cheers_pl.inspect",
     "cheers_pl.export", "cheers_pl.data_stats", "cheers_pl.bench",
+    "cheers_pl.convert", "cheers_pl.official_samples",
 )  # fmt: skip
 # floor name -> module prefixes (a module belongs to the floor of its longest matching prefix)
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
@@ -36,7 +37,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("callbacks", ("cheers_pl.callbacks",)),
     ("eval", ("cheers_pl.eval",)),
     ("stage", ("cheers_pl.stage", "cheers_pl.strategies")),
-    ("checkpoint", ("cheers_pl.checkpoint",)),
+    ("checkpoint", ("cheers_pl.checkpoint", "cheers_pl.official")),
     ("pipeline", ("cheers_pl.pipeline",)),
     ("model/data", ("cheers_pl.model", "cheers_pl.data")),
     ("objective", ("cheers_pl.objective", "cheers_pl.optim")),
