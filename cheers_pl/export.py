@@ -46,7 +46,7 @@ def pipeline_from_checkpoint(path: str | Path) -> CheersPipeline:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"checkpoint {str(path)!r}: weights do not fit its config: {err}") from err
-    return CheersPipeline(model.eval(), text_tokenizer, getattr(cfg.stage, "sampling", None))
+    return CheersPipeline(model.eval(), text_tokenizer, getattr(cfg.stage, "sampling", None), cfg.data.processing)
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cheers_pl.data.batch import Batch, collate
-from cheers_pl.data.processing import SequenceBuilder
+from cheers_pl.data.processing import ProcessingConfig, SequenceBuilder
 from cheers_pl.data.streams import EvenBatches, ExampleStream
 from cheers_pl.data.synthetic import SyntheticConfig
 from cheers_pl.data.tasks import ExampleFactory, TaskWeights
@@ -60,6 +60,9 @@ class DataConfig:
     max_seq_len: int = 128  # longer examples are skipped and counted (skip/too_long)
     max_consecutive_skips: int = 1000  # a stream skipping this many samples in a row is an error, not an endless loop
     task_weights: TaskWeights = field(default_factory=TaskWeights)
+    # chat template, label rule and image padding (native by default; the released ones: system_prompt="You are a
+    # helpful assistant.", label_rule=official, pad_fill=black)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     seed: int = 0
     # `make-shards` (synthetic world)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -145,7 +148,7 @@ class CheersDataModule(L.LightningDataModule):
 
     def factory(self) -> ExampleFactory:
         self.setup()
-        builder = SequenceBuilder(self.text_tokenizer, self.cfg.num_image_tokens)
+        builder = SequenceBuilder(self.text_tokenizer, self.cfg.num_image_tokens, self.cfg.processing)
         return ExampleFactory(builder, self.cfg.image_size, self.cfg.task_weights, self.cfg.max_seq_len)
 
     def dataset(self, split: str) -> ExampleStream:

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from cheers_pl.data.batch import Example
-from cheers_pl.data.processing import SequenceBuilder, decode_image, generation_transform, understanding_transform
+from cheers_pl.data.processing import (
+    PAD_FILLS,
+    SequenceBuilder,
+    decode_image,
+    generation_transform,
+    understanding_transform,
+)
 from cheers_pl.data.webdataset import IMAGE_EXTENSIONS, EventCounter, SkipSample
 
 # `Batch.task` values: the one definition of the task ids
@@ -92,7 +98,7 @@ class ExampleFactory:
             counter.add(f"convert/{converted_from}")
         if task == TASK_GENERATION:
             return generation_transform(img, self.image_size)
-        return understanding_transform(img, self.image_size)
+        return understanding_transform(img, self.image_size, fill=PAD_FILLS[self.builder.processing.pad_fill])
 
     def __call__(self, raw: dict, rng: random.Random, counter: EventCounter, task: int | None = None) -> Example:
         """Processes one raw sample (a task is drawn unless given).

@@ -56,7 +56,7 @@ class MultimodalStage(StageModule):
         text_tokenizer = load_text_tokenizer(cfg.data.text_tokenizer_path())
         self.text_tokenizer = text_tokenizer
         self.model = CheersModel(cfg.model, vocab_size=len(text_tokenizer))
-        self.pipeline = CheersPipeline(self.model, text_tokenizer, self.stage_cfg.sampling)
+        self.pipeline = CheersPipeline(self.model, text_tokenizer, self.stage_cfg.sampling, cfg.data.processing)
         if self.model.num_image_tokens != cfg.data.num_image_tokens:
             raise ValueError(
                 f"data.num_image_tokens={cfg.data.num_image_tokens} but the model makes "
@@ -93,8 +93,8 @@ class MultimodalStage(StageModule):
         if p <= 0:
             return batch.input_ids
         drop_B = (torch.rand(len(batch), device=self.device) < p) & (batch.task == TASK_GENERATION)
-        replace_BL = batch.prompt_mask & drop_B[:, None]
-        return torch.where(replace_BL, torch.full_like(batch.input_ids, self.no_mean_id), batch.input_ids)
+        # the same twin as guidance at sampling time (stage.sampling.unconditional: the prompt, or all text)
+        return torch.where(drop_B[:, None], self.pipeline.unconditional_ids(batch), batch.input_ids)
 
     def _row_keys(self, batch: Batch, rows: torch.Tensor) -> list[str]:
         return [f"{batch.keys[r]}/{int(batch.task[r])}" for r in rows.tolist()]

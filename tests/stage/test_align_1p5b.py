@@ -37,3 +37,20 @@ def test_one_align_step_moves_the_im_start_logit_row(make_cfg) -> None:
     assert not torch.equal(head[im_start], row)
     assert "model.llm.hf.lm_head.weight" in changed and changed <= declared
     assert not any(n.startswith("model.llm.hf.model.layers.") for n in changed)
+
+
+def test_all_text_guidance_dropout_is_the_released_one(make_cfg) -> None:
+    """stage.sampling.unconditional=all_text: dropped generation rows become `<no_mean>` except `<im_start>`,
+    `<im_end>` and the image positions (the released cfg_data_rate twin), the same twin guidance samples with."""
+    stage = build_stage(
+        make_cfg("tiny_generation", "stage.cond_drop_prob=1.0", "stage.sampling.unconditional=all_text")
+    )
+    batch = _batch(stage)
+    ids = stage._drop_condition(batch)
+    gen = (batch.task == 1)[:, None]
+    keep = torch.isin(
+        batch.input_ids, torch.tensor([stage.pipeline.builder.ids[t] for t in ("<im_start>", "<im_end>")])
+    )
+    blank = batch.pad_mask & gen & ~keep & (batch.block_ids == 0)
+    assert bool(blank.any()) and bool((ids[blank] == stage.no_mean_id).all())
+    assert torch.equal(ids[~blank], batch.input_ids[~blank])
