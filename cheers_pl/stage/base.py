@@ -8,12 +8,14 @@ import fnmatch
 import logging
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch import nn
 
 from cheers_pl.checkpoint import CONFIG_KEY, config_yaml, read_checkpoint, upgrade_state_dict
+from cheers_pl.model.weights import read_state, upgrade_parameter_name
 from cheers_pl.optim import OptimConfig, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ class StageConfig:
 
     name: str = "???"  # picks the stage (and this schema) from the registry in cheers_pl/stage/__init__.py
     trainable: list[str] = field(default_factory=list)  # globs over parameter names, e.g. "model.llm.*"
-    init_from: str | None = None  # a previous stage's checkpoint: only its `model.*` weights are loaded
+    init_from: str | None = None  # a previous stage's checkpoint or an exported dir: its `model.*` weights only
     init_shape_mismatch: str = "error"  # "error", or "skip" (keep this model's init for tensors whose shape changed)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -50,7 +52,7 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
 
     Args:
         module: the stage.
-        path: the checkpoint.
+        path: the checkpoint, or an exported directory (`save_pretrained`, `convert-official`).
         shape_mismatch: "error", or "skip" to keep the module's own tensor where the shape changed (an ablation
             that changes a component's geometry, e.g. no token compression).
 
@@ -63,8 +65,11 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
     """
     if shape_mismatch not in ("error", "skip"):
         raise ValueError(f"stage.init_shape_mismatch must be 'error' or 'skip', got {shape_mismatch!r}")
-    ckpt = read_checkpoint(path, "stage.init_from")
-    state = {k: v for k, v in upgrade_state_dict(ckpt.get("state_dict", ckpt)).items() if k.startswith("model.")}
+    if Path(path).is_dir():  # an exported directory (save_pretrained, convert-official): the network's tensors
+        state = {f"model.{upgrade_parameter_name(k)}": v for k, v in read_state(path).items()}
+    else:
+        ckpt = read_checkpoint(path, "stage.init_from")
+        state = {k: v for k, v in upgrade_state_dict(ckpt.get("state_dict", ckpt)).items() if k.startswith("model.")}
     own = module.state_dict()
     common = [k for k in state if k in own]
     if not common:

@@ -2,6 +2,7 @@
 
 import torch
 
+from cheers_pl.config import compose
 from cheers_pl.stage import build_stage
 from cheers_pl.stage.base import match_trainable
 from tests.stage.test_multimodal import _batch, _step
@@ -54,3 +55,17 @@ def test_all_text_guidance_dropout_is_the_released_one(make_cfg) -> None:
     blank = batch.pad_mask & gen & ~keep & (batch.block_ids == 0)
     assert bool(blank.any()) and bool((ids[blank] == stage.no_mean_id).all())
     assert torch.equal(ids[~blank], batch.input_ids[~blank])
+
+
+def test_init_from_an_exported_directory(make_cfg, tmp_path) -> None:
+    """stage.init_from takes an exported / converted directory (e.g. the released checkpoint after convert-official)."""
+    source = build_stage(make_cfg("tiny_align"))
+    with torch.no_grad():
+        source.model.flow_head.hfi.gate[-1].weight.normal_()
+    source.pipeline.save_pretrained(tmp_path / "export")
+    stage = build_stage(make_cfg("tiny_align", f"stage.init_from={tmp_path / 'export'}"))
+    for (name, got), want in zip(stage.model.state_dict().items(), source.model.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+    cfg = compose("sft_1p5b_official")
+    assert cfg.model.flow_head.time_scale == 1.0 and cfg.data.processing.label_rule == "official"
+    assert cfg.stage.sampling.time_grid == "official" and cfg.stage.init_from == "exports/cheers_official"
