@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cheers_pl.callbacks.checkpointing import CheckpointConfig
+from cheers_pl.callbacks.nonfinite import NonFiniteConfig
 from cheers_pl.checkpoint import config_yaml, saved_config
 from cheers_pl.data.datamodule import DataConfig
 from cheers_pl.registry import MODEL_SCHEMA, callback_schema, stage_schema
@@ -63,6 +65,8 @@ class ExperimentConfig:
     stage: Any = None
     callbacks: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when last.ckpt is written
+    nonfinite: NonFiniteConfig = field(default_factory=NonFiniteConfig)  # skipping NaN/Inf steps
 
     @property
     def run_dir(self) -> Path:
