@@ -37,3 +37,24 @@ def test_weights_that_do_not_fit_name_the_file(shard_dir, tmp_path) -> None:
     torch.save({"state_dict": state, CONFIG_KEY: to_yaml(cfg)}, tmp_path / "cut.ckpt")
     with pytest.raises(ValueError, match=r"ckpt='.*cut.ckpt': weights do not fit its saved config"):
         load_stage(tmp_path / "cut.ckpt")
+
+
+def test_load_pipeline_takes_a_stage_checkpoint_or_an_export(shard_dir, tmp_path) -> None:
+    """The commands' `ckpt=`: a tiny-preset `last.ckpt` (its stage's pipeline) or an exported directory."""
+    from cheers_pl.official_samples import GenEvalArgs, geneval_samples
+    from cheers_pl.restore import load_pipeline
+
+    cfg = compose("tiny_align", [f"data.shard_dir={shard_dir}", "stage.init_from=null"])
+    stage = build_stage(cfg)
+    torch.save({"state_dict": stage.state_dict(), CONFIG_KEY: to_yaml(cfg)}, tmp_path / "last.ckpt")
+    pipe = load_pipeline(tmp_path / "last.ckpt", dtype="bfloat16")
+    assert pipe.sampling == cfg.stage.sampling and next(pipe.model.parameters()).dtype == torch.bfloat16
+    out = geneval_samples(GenEvalArgs(ckpt=str(tmp_path / "last.ckpt"), out_dir=str(tmp_path / "g"), limit=1,
+                                      num_steps=2))  # fmt: skip
+    assert out["written"] == 1 and len(list((tmp_path / "g" / "00000" / "samples").glob("*.png"))) == 4
+    stage.pipeline.save_pretrained(tmp_path / "export")
+    assert load_pipeline(tmp_path / "export").processing == cfg.data.processing
+    with pytest.raises(ValueError, match="dtype='float8'"):
+        load_pipeline(tmp_path / "export", dtype="float8")
+    with pytest.raises(ValueError, match="without cheers_config.json"):
+        load_pipeline(tmp_path)
