@@ -3,7 +3,9 @@
 Prompts are the captions of the validation batches' generation-task examples; the stage generates one image per
 prompt with a fixed seed. The metric is `cheers_pl.eval.clip_score`: with `model` set, a local CLIP directory
 (torchmetrics `CLIPScore`); with `model` None, the contrastive towers of the `tokenizer` stage
-(`pl_module.contrastive_embed`).
+(`pl_module.contrastive_embed`). Beside `val/clip_score` (clamped at 0, torchmetrics' definition) it logs the
+unclamped means of matched and mismatched pairs and their gap (`val/clip_score_gap`), which separates a model that
+follows its prompts from one that does not even where the clamped score reads 0.
 
 Under DDP every rank scores ceil(num_images / world_size) prompts; torchmetrics sums the states across ranks.
 
@@ -33,7 +35,7 @@ from cheers_pl.callbacks.common import (
     rank_seed,
 )
 from cheers_pl.data.processing import to_uint8
-from cheers_pl.eval.clip_score import ContrastiveCLIPScore, EmbedFn, local_clip_score
+from cheers_pl.eval.clip_score import ContrastiveCLIPScore, EmbedFn, local_clip_score, matched_and_mismatched
 
 
 @dataclass
@@ -110,7 +112,7 @@ class CLIPScoreCallback(PeriodicValidationCallback):
             )
             return
         metric = self.metric.to(pl_module.device)
-        metric.reset()
+        images = torch.empty(0, device=pl_module.device)
         if self.captions:
             images, _, _ = generate(
                 pl_module,
@@ -122,7 +124,11 @@ class CLIPScoreCallback(PeriodicValidationCallback):
             )
             images = images.to(pl_module.device)
             # torchmetrics CLIPScore feeds the CLIP processor, which expects [0, 255] pixels.
-            metric.update(to_uint8(images) if isinstance(metric, CLIPScore) else images, self.captions)
-        pl_module.log(self.metric_name, metric.compute().float(), sync_dist=False)
-        metric.reset()
+            images = to_uint8(images) if isinstance(metric, CLIPScore) else images
+        scores = matched_and_mismatched(
+            metric, images, self.captions, lambda x: trainer.strategy.reduce(x, reduce_op="sum")
+        )
+        pl_module.log(self.metric_name, scores["clip_score"], sync_dist=False)
+        for key in ("matched_raw", "mismatched_raw", "gap"):
+            pl_module.log(f"{self.metric_name}_{key}", scores[key], sync_dist=False)
         self.captions = []

@@ -3,6 +3,8 @@
 Real images and their captions come from the generation-task examples of the validation batches; the stage
 generates one image per caption with a fixed seed, and the metric of `cheers_pl.eval.fid` compares the two feature
 distributions (`semantic`: the model's own encoder, `pl_module.semantic_features`; `inception`: a local InceptionV3).
+Beside it, `val/fid_<feature>_floor` is the same FID between the real images and as many further real images of the
+validation data: the value a perfect generator would get at this sample count, which gives the number its scale.
 
 Under DDP every rank contributes ceil(num_images / world_size) examples; torchmetrics sums the feature statistics
 across ranks in `compute`, so every rank logs the same value.
@@ -66,8 +68,11 @@ class FIDCallback(PeriodicValidationCallback):
         self.metric: FrechetInceptionDistance | None = None
         if cfg.feature == "inception":  # fail at construction when the weights file is missing
             self.metric = fid_metric(cfg.feature, cfg.inception_weights, None, None)
+        self.floor: FrechetInceptionDistance | None = None  # real vs other real images: FID's own floor
+        if cfg.feature == "inception":
+            self.floor = fid_metric(cfg.feature, cfg.inception_weights, None, None)
         self.captions: list[str] = []
-        self.num_real = 0
+        self.num_reference = 0
 
     @property
     def state_key(self) -> str:
@@ -84,13 +89,16 @@ class FIDCallback(PeriodicValidationCallback):
     def _ensure_metric(self, pl_module: Any, images_B3HW: torch.Tensor) -> FrechetInceptionDistance:
         if self.metric is None:
             self.metric = fid_metric(self.cfg.feature, None, pl_module.semantic_features, images_B3HW)
+            self.floor = fid_metric(self.cfg.feature, None, pl_module.semantic_features, images_B3HW)
+        self.floor = self.floor.to(images_B3HW.device)
         return self.metric.to(images_B3HW.device)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)
-        self.captions, self.num_real = [], 0
-        if self.metric is not None:
-            self.metric.reset()
+        self.captions, self.num_reference = [], 0
+        for metric in (self.metric, self.floor):
+            if metric is not None:
+                metric.reset()
 
     def on_validation_batch_end(
         self,
@@ -105,14 +113,18 @@ class FIDCallback(PeriodicValidationCallback):
             return
         # Built on every rank from the first batch (whatever its tasks) so that all ranks hold states to sync.
         metric = self._ensure_metric(pl_module, batch.images)
-        remaining = per_rank_quota(trainer, self.cfg.num_images) - len(self.captions)
-        if remaining <= 0:
-            return
+        quota = per_rank_quota(trainer, self.cfg.num_images)
         images, captions = generation_examples(batch)
-        images, captions = images[:remaining], captions[:remaining]
-        if captions:
-            metric.update(self._metric_input(images), real=True)
-            self.captions += captions
+        take = max(0, min(quota - len(self.captions), len(captions)))
+        if take:
+            real = self._metric_input(images[:take])
+            metric.update(real, real=True)
+            self.floor.update(real, real=True)
+            self.captions += captions[:take]
+        extra = max(0, min(quota - self.num_reference, len(captions) - take))
+        if extra:  # further real images, the floor's second sample
+            self.floor.update(self._metric_input(images[take : take + extra]), real=False)
+            self.num_reference += extra
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active:
@@ -139,5 +151,10 @@ class FIDCallback(PeriodicValidationCallback):
             metric.update(self._metric_input(images.to(pl_module.device)), real=False)
         value = metric.compute()
         pl_module.log(self.metric_name, value.float(), sync_dist=False)
+        if global_count(trainer, pl_module, self.num_reference) == total:
+            pl_module.log(f"{self.metric_name}_floor", self.floor.compute().float(), sync_dist=False)
+        else:
+            warnings.warn(f"{self.metric_name}_floor: skipped, fewer than {total} further real images", stacklevel=2)
         metric.reset()
+        self.floor.reset()
         self.captions = []

@@ -6,6 +6,11 @@
 - `ContrastiveCLIPScore(embed)`: the same formula over any `(images, texts) -> (img_emb, txt_emb)` function, e.g. the
   contrastive towers trained in the `tokenizer` stage (only comparable within one model).
 
+The clamp hides a weak scorer: with the tiny towers the mean cosine is often below 0 and the score reads 0.0 for
+every model. `matched_and_mismatched` therefore also reports the unclamped mean of 100·cos over matched pairs and
+over mismatched ones (each image against the next image's prompt), and their gap: a scorer that sees the prompt
+gives a positive gap, whatever its offset.
+
 References:
     Hessel et al., "CLIPScore: A Reference-free Evaluation Metric for Image Captioning", 2021.
 
@@ -89,3 +94,33 @@ def local_clip_score(path: str) -> CLIPScore:
         return CLIPFeatures(CLIPModel.from_pretrained(path).eval()), CLIPProcessor.from_pretrained(path)
 
     return CLIPScore(model_name_or_path=load)
+
+
+def score_sums(metric: Metric) -> tuple[float, int]:
+    """(Σ 100·cos, number of pairs) of the pairs a CLIP-score metric has seen on this process (before clamping)."""
+    return float(metric.score), int(metric.n_samples)
+
+
+def mismatched(texts: list[str]) -> list[str]:
+    """Each image's prompt replaced by the next image's (a derangement for two or more prompts)."""
+    return texts[1:] + texts[:1]
+
+
+def matched_and_mismatched(
+    metric: Metric, images: torch.Tensor, texts: list[str], reduce: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+) -> dict[str, float]:
+    """The clamped CLIP score of matched pairs plus the unclamped means of matched and mismatched pairs and their gap.
+
+    `reduce` sums a tensor over processes (identity on one); the metric is reset before and after.
+    """
+    out: dict[str, float] = {}
+    for name, prompts in (("matched", texts), ("mismatched", mismatched(texts))):
+        metric.reset()
+        if texts:
+            metric.update(images, prompts)
+        total = reduce(torch.tensor(score_sums(metric), dtype=torch.float64, device=images.device))
+        out[f"{name}_raw"] = float(total[0] / total[1].clamp_min(1))
+    out["clip_score"] = max(out["matched_raw"], 0.0)
+    out["gap"] = out["matched_raw"] - out["mismatched_raw"]
+    metric.reset()
+    return out

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from cheers_pl.data.processing import to_unit
+from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
+from cheers_pl.eval.scene_parser import aggregate_matches, match_scene, parse_scene
 
 PHOTO_NAMES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel")
 DETAIL_CUTOFF = 0.5  # fraction of the Nyquist frequency (0.5 cycles/pixel) where the "detail" band starts
@@ -129,3 +131,25 @@ def reconstruction_scores(
                 values.setdefault(key, {}).setdefault(metric, []).append(per_image.cpu())
     scores = {key: {m: float(torch.cat(v).mean()) for m, v in per.items()} for key, per in values.items()}
     return scores, first
+
+
+def parser_recovery(images_B3HW_uint8: torch.Tensor, scenes: list[Scene], cfg: SyntheticConfig) -> dict[str, float]:
+    """Share of the true objects whose attributes the scene parser recovers from (reconstructed) images.
+
+    Returns:
+        The pooled `aggregate_matches` fractions (shape, color, size, texture, digit, region, all; count = share of
+        images with the right number of objects) plus `digit_objects`: digit accuracy over objects that carry one.
+    """
+    results, digits = [], [0, 0]
+    for image, scene in zip(images_B3HW_uint8.permute(0, 2, 3, 1).cpu().numpy(), scenes, strict=True):
+        parsed = parse_scene(image, cfg)
+        results.append(match_scene(parsed, scene))
+        for obj in scene.objects:
+            if obj.digit is None:
+                continue
+            digits[1] += 1
+            near = [p for p in parsed if abs(p.x - obj.x) + abs(p.y - obj.y) <= scene.image_size / 8]
+            digits[0] += int(any(p.digit == obj.digit for p in near))
+    pooled = {k: round(v, 4) for k, v in aggregate_matches(results).items()}
+    pooled["digit_objects"] = round(digits[0] / digits[1], 4) if digits[1] else float("nan")
+    return pooled

@@ -116,6 +116,9 @@ class MultimodalStage(StageModule):
         model, vision = self.model, self.model.vision
         rows_R = model.image_positions(batch.block_ids)[0]
         keys_R = self._row_keys(batch, rows_R)
+        if not rows_R.numel():  # text-only batch: no vision pass, a zero flow loss
+            out = model(input_ids, batch.pad_mask, batch.block_ids, None, None)
+            return self._total(out.logits, batch.labels, out.velocity.sum())
         x1_R = self.latent_cache(keys_R, lambda i: vision.encode(batch.images[rows_R[i]]), self.device)
         is_gen_R = batch.task[rows_R] == TASK_GENERATION
         gen_G, und_U = is_gen_R.nonzero().squeeze(1), (~is_gen_R).nonzero().squeeze(1)
@@ -124,19 +127,21 @@ class MultimodalStage(StageModule):
             with self._semantic_context():
                 return vision.features(x1_R[und_U[i]]).semantic
 
-        semantic_U = self.semantic_cache([keys_R[u] for u in und_U.tolist()], clean_semantic, self.device)
+        semantic_U = None
+        if und_U.numel():
+            semantic_U = self.semantic_cache([keys_R[u] for u in und_U.tolist()], clean_semantic, self.device)
 
         def network(z_t_G: torch.Tensor, t_G: torch.Tensor) -> Any:
-            tokens_R = detail_G = None
-            if rows_R.numel():
-                semantic_R = x1_R.new_zeros(rows_R.numel(), vision.encoder.num_tokens, vision.encoder.dim)
-                if gen_G.numel():
-                    with self._semantic_context():
-                        feats = vision.features(z_t_G)
-                    detail_G = feats.detail
-                    semantic_R = semantic_R.to(feats.semantic.dtype).index_copy(0, gen_G, feats.semantic)
+            detail_G = None
+            semantic_R = x1_R.new_zeros(rows_R.numel(), vision.encoder.num_tokens, vision.encoder.dim)
+            if gen_G.numel():
+                with self._semantic_context():
+                    feats = vision.features(z_t_G)
+                detail_G = feats.detail
+                semantic_R = semantic_R.to(feats.semantic.dtype).index_copy(0, gen_G, feats.semantic)
+            if semantic_U is not None:
                 semantic_R = semantic_R.index_copy(0, und_U, semantic_U.to(semantic_R.dtype))
-                tokens_R = vision.compress(semantic_R)
+            tokens_R = vision.compress(semantic_R)
             return model.forward_tokens(input_ids, batch.pad_mask, batch.block_ids, tokens_R, t_G, detail_G, gen_G)
 
         x0_G = None if x0 is None else x0[rows_R[gen_G]]

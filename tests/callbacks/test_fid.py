@@ -104,3 +104,19 @@ def test_inception_feature_loads_local_weights_file(tmp_path, monkeypatch) -> No
         callback.metric.update(callback._metric_input(images), real=True)
     assert int(callback.metric.real_features_num_samples) == 2
     assert torch.isfinite(callback.metric.real_features_sum).all() and callback.metric.real_features_sum.abs().sum() > 0
+
+
+def test_floor_is_fid_between_two_real_samples_and_is_logged_beside(tmp_path) -> None:
+    loader, lookup = make_data()
+    stage = FakeStage(lookup, shift=0.6)
+    callback = FIDCallback(FIDConfig(num_images=12, batch_size=12))
+    trainer = make_trainer(tmp_path, [callback])
+    trainer.validate(stage, dataloaders=loader, verbose=False)
+    fid, floor = (float(trainer.callback_metrics[f"val/fid_semantic{s}"]) for s in ("", "_floor"))
+    prompts = [p for call in stage.calls for p in call["prompts"]]
+    others = [p for p in lookup if p not in prompts][:12]
+    with torch.no_grad():
+        a = fid_features_to_statistics(stage.semantic_features(torch.stack([lookup[p] for p in prompts])).double())
+        b = fid_features_to_statistics(stage.semantic_features(torch.stack([lookup[p] for p in others])).double())
+    assert floor == pytest.approx(fid_statistics_to_metric(a, b, verbose=False)[KEY_METRIC_FID], abs=1e-3)
+    assert 0 < floor < fid
