@@ -9,11 +9,11 @@ from cheers_pl.eval.clip_score import ContrastiveCLIPScore, matched_and_mismatch
 def test_gap_separates_a_prompt_following_scorer_whose_clamped_score_is_zero() -> None:
     texts = [f"prompt {i}" for i in range(6)]
     basis = torch.eye(6)
-    offset = -2.0 * torch.ones(6)  # every cosine negative: the clamped score reads 0
+    offset = 2.0 * torch.ones(6)  # opposite offsets: every cosine negative, the clamped score reads 0
 
     def embed(images, prompts):
         idx = torch.tensor([int(p.split()[1]) for p in prompts])
-        return images + offset, basis[idx] + offset
+        return images - offset, basis[idx] + offset
 
     metric = ContrastiveCLIPScore(embed)
     scores = matched_and_mismatched(metric, basis.clone(), texts)
