@@ -29,11 +29,13 @@ from PIL import Image
 from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import config_of_checkpoint
 from cheers_pl.data.processing import to_uint8
-from cheers_pl.eval.distribution import evaluate_distribution, load_caption_pairs, skipped
+from cheers_pl.data.synthetic_scene import Scene
+from cheers_pl.eval.distribution import evaluate_distribution, load_caption_pairs, load_split_samples, skipped
 from cheers_pl.eval.generation import evaluate_generation, tile
 from cheers_pl.eval.geneval_prompts import load_prompts, make_prompts, save_prompts
-from cheers_pl.eval.reconstruction import PHOTO_NAMES, photo_images, reconstruction_scores
+from cheers_pl.eval.reconstruction import PHOTO_NAMES, photo_images, reconstruction_scores, recovery_scores
 from cheers_pl.eval.report import sha256_file, write_report
+from cheers_pl.eval.retrieval import retrieval_scores
 from cheers_pl.eval.understanding import load_vqa_items, run_vqa
 from cheers_pl.restore import load_stage
 
@@ -58,11 +60,12 @@ class EvaluateArgs:
     max_vqa: int = 256  # questions
     max_new_tokens: int = 8
     max_recon: int = 64  # synthetic scenes for the reconstruction metrics
+    max_retrieval: int = 256  # image–caption pairs for retrieval (groups of 32 candidates)
     num_photos: int = len(PHOTO_NAMES)  # scikit-image photos (two 64×64 views each) for the reconstruction metrics
     split: str = "test"  # held-out split for VQA, reconstruction and FID/CLIP real images
     batch_size: int = 16
     sections: list[str] = field(
-        default_factory=lambda: ["generation", "understanding", "reconstruction", "distribution"]
+        default_factory=lambda: ["generation", "understanding", "reconstruction", "retrieval", "distribution"]
     )
     device: str | None = None  # default: cuda when available
     overrides: list[str] = field(default_factory=list)
@@ -74,6 +77,7 @@ class EvaluateArgs:
             "max_vqa",
             "max_new_tokens",
             "max_recon",
+            "max_retrieval",
             "num_photos",
             "batch_size",
         ):
@@ -83,7 +87,7 @@ class EvaluateArgs:
             raise ValueError("seeds must name at least one seed")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {self.split!r}")
-        unknown = set(self.sections) - {"generation", "understanding", "reconstruction", "distribution"}
+        unknown = set(self.sections) - {"generation", "understanding", "reconstruction", "retrieval", "distribution"}
         if unknown:
             raise ValueError(f"sections: unknown {sorted(unknown)}")
 
@@ -149,7 +153,7 @@ def _understanding(stage: Any, cfg: Any, args: EvaluateArgs) -> dict[str, Any]:
 
 def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict[str, Any]:
     vision = stage.model.vision
-    scenes, _ = load_caption_pairs(cfg.data.shards(args.split), cfg.data.image_size, args.max_recon)
+    scenes, _, metas = load_split_samples(cfg.data.shards(args.split), cfg.data.image_size, args.max_recon)
     photos, photo_names = photo_images(cfg.data.image_size, PHOTO_NAMES[: args.num_photos])
     section: dict[str, Any] = {"grids": {}}
     for name, images in (("synthetic", scenes if len(scenes) else None), ("photos", photos)):
@@ -162,6 +166,9 @@ def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict
         ]
         Image.fromarray(tile(rows)).save(out / f"reconstruction_{name}.png")
         section["grids"][name] = f"reconstruction_{name}.png"
+    if len(scenes) and all("scene" in m for m in metas):
+        truth = [Scene.from_json(m["scene"]) for m in metas]
+        section["synthetic_parser"] = recovery_scores(vision, scenes, truth, cfg.data.synthetic, args.batch_size)
     section["protocol"] = {
         "split": args.split,
         "num_synthetic": len(scenes),
@@ -171,7 +178,27 @@ def _reconstruction(stage: Any, cfg: Any, args: EvaluateArgs, out: Path) -> dict
         "metrics": "per-image mean on [0, 1]: PSNR (data range 1), SSIM (torchmetrics Gaussian 11), detail error "
         "(relative spectral error above 0.25 cycles/pixel)",
         "grid_columns": "original | " + " | ".join(first),
+        "parser": "synthetic_parser: share of true objects whose attribute the scene parser recovers from the "
+        "reconstruction (count: share of scenes with the right number of objects; digit_objects: over objects "
+        "that carry a digit)",
     }
+    return section
+
+
+def _retrieval(stage: Any, cfg: Any, args: EvaluateArgs) -> dict[str, Any]:
+    if getattr(stage.model, "contrastive", None) is None:
+        return {"skipped": "the model has no contrastive towers (model.contrastive is null)"}
+    images, captions = load_caption_pairs(cfg.data.shards(args.split), cfg.data.image_size, args.max_retrieval)
+    if len(captions) < 32:
+        return {"skipped": f"only {len(captions)} image-caption pairs in split {args.split!r} (need 32)"}
+    device = next(stage.parameters()).device
+
+    def embed(x: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return stage.contrastive_embed(x.to(device), texts)
+
+    section: dict[str, Any] = {"scores": retrieval_scores(embed, images, captions, 32, args.batch_size)}
+    section["protocol"] = {"split": args.split, "pairs": len(captions), "captions": "canonical (first) caption",
+                           "embedding": "contrastive towers: encoder(D(x1)) image head vs caption tower"}  # fmt: skip
     return section
 
 
@@ -217,6 +244,10 @@ def run(args: EvaluateArgs) -> dict[str, Any]:
         report["understanding"] = {"skipped": f"stage {cfg.stage.name!r} has no answer"}
     rec = "reconstruction" in args.sections
     report["reconstruction"] = _reconstruction(stage, cfg, args, out) if rec else {"skipped": "not requested"}
+    if "retrieval" not in args.sections:
+        report["retrieval"] = {"skipped": "not requested (sections)"}
+    else:
+        report["retrieval"] = _retrieval(stage, cfg, args)
     if "distribution" not in args.sections:
         report["distribution"] = skipped("not requested (sections)")
     else:
@@ -235,4 +266,8 @@ def run(args: EvaluateArgs) -> dict[str, Any]:
     for image_set in ("synthetic", "photos"):
         for recon, metrics in report["reconstruction"].get(image_set, {}).items():
             headline[f"reconstruction/{image_set}/{recon}/psnr"] = metrics["psnr"]
+    for recon, metrics in report["reconstruction"].get("synthetic_parser", {}).items():
+        headline[f"reconstruction/parser/{recon}/shape_color"] = min(metrics["shape"], metrics["color"])
+    if "scores" in report["retrieval"]:
+        headline["retrieval/top1_of_32"] = report["retrieval"]["scores"]["top1"]
     return {**{k: str(v) for k, v in paths.items()}, "out_dir": str(out), **headline}

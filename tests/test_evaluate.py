@@ -46,6 +46,7 @@ def report(align_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         guidance_scale=2.0,
         max_vqa=10,
         max_recon=4,
+        max_retrieval=40,
         num_photos=1,
         batch_size=8,
     )
@@ -105,6 +106,16 @@ def test_reconstruction_and_distribution_sections(report: tuple[dict, dict, Path
         math.isfinite(fid["value"]) and fid["protocol"]["num_images"] == 4 and fid["protocol"]["feature"] == "semantic"
     )
     assert "not configured" in clip["skipped"]
+    parser = rec["synthetic_parser"]
+    assert set(parser) == {"vae", "decoder_t1"} and all(0.0 <= parser["vae"][k] <= 1.0 for k in ("shape", "color"))
+
+
+def test_retrieval_section_scores_groups_of_32(report: tuple[dict, dict, Path]) -> None:
+    _, rep, _ = report
+    ret = rep["retrieval"]
+    assert ret["scores"]["num_groups"] == 1 and ret["scores"]["num_candidates"] == 32  # 40 pairs: one full group
+    assert ret["scores"]["chance"] == 1 / 32 and 0.0 <= ret["scores"]["top1"] <= 1.0
+    assert ret["protocol"]["pairs"] == 40
 
 
 def test_manifest_hashes_every_output(report: tuple[dict, dict, Path]) -> None:

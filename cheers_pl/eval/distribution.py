@@ -27,7 +27,13 @@ METRICS: tuple[str, ...] = ("fid", "clip_score")
 
 def load_caption_pairs(shards: str, image_size: int, num: int) -> tuple[torch.Tensor, list[str]]:
     """The first `num` (image N×3×H×W in [-1, 1], caption) pairs of a split, in shard order (bad samples skipped)."""
-    images, captions = [], []
+    images, captions, _ = load_split_samples(shards, image_size, num)
+    return images, captions
+
+
+def load_split_samples(shards: str, image_size: int, num: int) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """`load_caption_pairs` plus each sample's metadata (the synthetic world's `scene` among it)."""
+    images, captions, metas = [], [], []
     for raw in raw_samples(resolve_shards(shards), EventCounter(), rank=0, world_size=1, resampled=False, seed=0):
         try:
             image_bytes, caption, meta = parse_raw(raw)
@@ -37,9 +43,10 @@ def load_caption_pairs(shards: str, image_size: int, num: int) -> tuple[torch.Te
         first = [c for c in meta.get("captions", []) if isinstance(c, str) and c]
         images.append(generation_transform(img, image_size))
         captions.append(first[0] if first else caption)
+        metas.append(meta)
         if len(captions) >= num:
             break
-    return (torch.stack(images) if images else torch.empty(0)), captions
+    return (torch.stack(images) if images else torch.empty(0)), captions, metas
 
 
 def _fid(stage: Any, cfg: Any, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

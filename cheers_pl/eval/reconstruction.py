@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from cheers_pl.data.processing import to_unit
+from cheers_pl.data.processing import to_uint8, to_unit
 from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
 from cheers_pl.eval.scene_parser import aggregate_matches, match_scene, parse_scene
 
@@ -153,3 +153,16 @@ def parser_recovery(images_B3HW_uint8: torch.Tensor, scenes: list[Scene], cfg: S
     pooled = {k: round(v, 4) for k, v in aggregate_matches(results).items()}
     pooled["digit_objects"] = round(digits[0] / digits[1], 4) if digits[1] else float("nan")
     return pooled
+
+
+@torch.no_grad()
+def recovery_scores(
+    vision: torch.nn.Module, images_B3HW: torch.Tensor, scenes: list[Scene], cfg: SyntheticConfig, batch_size: int = 32
+) -> dict[str, dict[str, float]]:
+    """`parser_recovery` of every reconstruction of `reconstruct` ("vae", "decoder_t1") over the images."""
+    device = next(vision.parameters()).device
+    recon: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images_B3HW), batch_size):
+        for key, value in reconstruct(vision, images_B3HW[start : start + batch_size].to(device)).items():
+            recon.setdefault(key, []).append(to_uint8(value).cpu())
+    return {key: parser_recovery(torch.cat(parts), scenes, cfg) for key, parts in recon.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_JSON, REPORT_MD, MANIFEST_JSON = "report.json", "report.md", "manifest.json"
-SECTIONS: tuple[str, ...] = ("generation", "understanding", "reconstruction", "distribution")
+SECTIONS: tuple[str, ...] = ("generation", "understanding", "reconstruction", "retrieval", "distribution")
 PROTOCOL_KEYS: tuple[str, ...] = ("checkpoint", "checkpoint_sha256", "stage", "global_step", "split", "created")
 
 
@@ -77,6 +77,11 @@ def _reconstruction_md(section: dict[str, Any]) -> list[str]:
         for recon, metrics in section.get(image_set, {}).items():
             rows.append([image_set, recon, metrics["psnr"], metrics["ssim"], metrics["detail_error"]])
     lines = _table(["images", "reconstruction", "PSNR (dB)", "SSIM", "detail error"], rows)
+    parser = section.get("synthetic_parser")
+    if parser:
+        keys = ["shape", "color", "texture", "digit_objects", "count", "all"]
+        lines += ["", "Scene parser on the reconstructions of the synthetic scenes (share of objects recovered):", ""]
+        lines += _table(["reconstruction", *keys], [[name, *(m[k] for k in keys)] for name, m in parser.items()])
     for name, grid in section.get("grids", {}).items():
         lines += ["", f"![{name}]({grid})"]
     return lines
@@ -95,10 +100,17 @@ def _distribution_md(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _retrieval_md(section: dict[str, Any]) -> list[str]:
+    s = section["scores"]
+    return [f"- image→caption top-1 among {s['num_candidates']}: **{_fmt(s['top1'])}** (chance {_fmt(s['chance'])}, "
+            f"mean over {s['num_groups']} groups)"]  # fmt: skip
+
+
 _RENDERERS = {
     "generation": ("Generation (GenEval-style, detector-free)", _generation_md),
     "understanding": ("Understanding (VQA exact match)", _understanding_md),
     "reconstruction": ("Reconstruction (vision tokenizer)", _reconstruction_md),
+    "retrieval": ("Retrieval (contrastive towers)", _retrieval_md),
     "distribution": ("Distribution metrics (FID / CLIP score)", _distribution_md),
 }
 

@@ -28,8 +28,12 @@ def _report() -> dict:
         "understanding": {"skipped": "stage 'tokenizer' has no answer"},
         "reconstruction": {
             "synthetic": {"vae": {"psnr": 31.25, "ssim": 0.9, "detail_error": 0.2}},
+            "synthetic_parser": {
+                "vae": dict.fromkeys(["shape", "color", "texture", "digit_objects", "count", "all"], 0.97)
+            },
             "protocol": {"split": "test"},
         },
+        "retrieval": {"scores": {"top1": 0.8125, "chance": 1 / 32, "num_groups": 8, "num_candidates": 32}},
         "distribution": {"fid": {"value": 12.5, "protocol": {"feature": "semantic"}}, "clip_score": {"skipped": "x"}},
     }
 
@@ -66,6 +70,8 @@ def test_write_report_json_md_and_manifest(tmp_path: Path) -> None:
     assert set(manifest["files"]) == {"report.json", "report.md", "samples_counting.png"}
     assert manifest["files"]["samples_counting.png"] == {"bytes": 3, "sha256": hashlib.sha256(b"png").hexdigest()}
     assert manifest["protocol"] == {k: f"<{k}>" for k in PROTOCOL_KEYS}
+    markdown = paths["report_md"].read_text()
+    assert "top-1 among 32: **0.8125**" in markdown and "| vae | 0.9700 |" in markdown
 
 
 @pytest.mark.parametrize("drop", ["checkpoint_sha256", "split", *SECTIONS])
