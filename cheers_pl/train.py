@@ -19,6 +19,7 @@ from cheers_pl.callbacks import build_callbacks
 from cheers_pl.callbacks.checkpointing import SigtermCheckpoint, checkpoint_callbacks
 from cheers_pl.callbacks.data_events import DataEventsCallback
 from cheers_pl.callbacks.nonfinite import NonFiniteGuard
+from cheers_pl.callbacks.rng import RNGIsolation
 from cheers_pl.checkpoint import AtomicCheckpointIO, check_stage_checkpoint, read_checkpoint, saved_config
 from cheers_pl.config import ExperimentConfig, save_config
 from cheers_pl.data.datamodule import CheersDataModule
@@ -29,13 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: ExperimentConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """The Trainer of a run: TensorBoard logger, `last.ckpt` writers, LR monitor, data-event counters, NaN guard."""
+    """The Trainer of a run: logger, `last.ckpt` writers, LR monitor, data-event counters, NaN guard, RNG isolation."""
     run_dir = cfg.run_dir
     callbacks = [
         *checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints"),
         *([NonFiniteGuard(cfg.nonfinite)] if cfg.nonfinite.skip_steps else []),
         LearningRateMonitor(logging_interval="step"),
         DataEventsCallback(),
+        RNGIsolation(),
         *build_callbacks(cfg.callbacks),
         *(extra_callbacks or []),
     ]

@@ -27,6 +27,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
 from cheers_pl.callbacks.nonfinite import step_was_skipped
+from cheers_pl.strategies import reshard_idle_units
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,12 @@ class EMACallback(L.Callback):
 
     # ---- validation on the EMA weights ----
 
-    def _swap(self, pl_module: L.LightningModule) -> None:
+    def _swap(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Exchanges the EMA and the weights in place (exact: the weights are fp32 masters in every precision we
         train with; a lower-precision weight is stashed and restored instead, so the EMA never loses bits)."""
         assert self.ema is not None
+        if isinstance(trainer.strategy, FSDPStrategy) and trainer.strategy.model is not pl_module:
+            reshard_idle_units(trainer.strategy.model)  # else a gathered copy left by validation shadows the shards
         stash = self._stash
         self._stash = {} if stash is None else None
         for i, (e, p) in enumerate(zip(self.ema, trainable(pl_module), strict=True)):
@@ -125,29 +128,34 @@ class EMACallback(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._averaging(trainer):
-            self._swap(pl_module)
+            self._swap(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._averaging(trainer):
-            self._swap(pl_module)
+            self._swap(trainer, pl_module)
 
     # ---- checkpoints: state_dict = EMA weights, current_model_state = trained weights ----
 
-    def _with_ema(self, pl_module: L.LightningModule, fn: Callable[[], dict]) -> dict:
-        self._swap(pl_module)
+    def _with_ema(self, trainer: L.Trainer, pl_module: L.LightningModule, fn: Callable[[], dict]) -> dict:
+        self._swap(trainer, pl_module)
         try:
             return fn()
         finally:
-            self._swap(pl_module)
+            self._swap(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.ema is None or not self.num_updates:
             return  # no average yet: the EMA equals the current weights
         if isinstance(trainer.strategy, FSDPStrategy):  # the strategy's own gather of the (swapped-in) shards
-            averaged = self._with_ema(pl_module, trainer.strategy.lightning_module_state_dict)
+            if trainer.strategy.root_device.type == "cpu":  # "offload to CPU" copies nothing on CPU: the weights'
+                # gathered tensors alias unsharded buffers that the EMA gather reuses, so copy them out first
+                checkpoint["state_dict"] = {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+            averaged = self._with_ema(trainer, pl_module, trainer.strategy.lightning_module_state_dict)
         else:
-            names = {id(p): n for n, p in pl_module.named_parameters()}
-            by_name = {names[id(p)]: e for p, e in zip(trainable(pl_module), self.ema, strict=True)}
+            ema_of = {id(p): e for p, e in zip(trainable(pl_module), self.ema, strict=True)}
+            # every name of a tied parameter (embedding = LM head) gets the average, or loading would undo it
+            named = pl_module.named_parameters(remove_duplicate=False)
+            by_name = {n: ema_of[id(p)] for n, p in named if id(p) in ema_of}
             averaged = {k: by_name[k].to(v.dtype) if k in by_name else v for k, v in checkpoint["state_dict"].items()}
         checkpoint["current_model_state"] = checkpoint["state_dict"]
         checkpoint["state_dict"] = averaged

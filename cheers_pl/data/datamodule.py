@@ -181,6 +181,9 @@ class CheersDataModule(L.LightningDataModule):
             collate_fn=functools.partial(collate, pad_id=pad_id),
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            # each new iterator draws a base seed; from the global RNG it would shift training's flow times and noise
+            # after every validation (and a run that validated at a step would not resume like one that did not)
+            generator=None if split == "train" else torch.Generator().manual_seed(self.cfg.seed),
         )
         if split == "train" or self.trainer is None or self.trainer.world_size == 1:
             return loader

@@ -40,3 +40,14 @@ class StepRecorder(L.Callback):
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             self.loss[trainer.global_step - 1] = float(outputs["loss"])
             self.keys[trainer.global_step - 1], self._keys = self._keys, []
+
+
+class StopAt(L.Callback):
+    """Stops training after `step` optimizer steps (same schedule as the full run, unlike a smaller max_steps)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

@@ -251,3 +251,11 @@ def test_shard_spec_matching_nothing_names_the_spec(tmp_path: Path) -> None:
     dm = CheersDataModule(_cfg(tmp_path, train_shards=str(tmp_path / "nope-*.tar")))
     with pytest.raises(ValueError, match=r"shard spec '.*nope-\*.tar' matches no files"):
         dm.train_dataloader()
+
+
+def test_iterating_the_validation_loader_draws_nothing_from_the_global_rng(shard_dir: Path) -> None:
+    """Each new DataLoader iterator draws a base seed; the evaluation loaders draw it from their own generator."""
+    loader = CheersDataModule(_cfg(shard_dir)).val_dataloader()
+    state = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), state)
