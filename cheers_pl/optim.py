@@ -45,7 +45,11 @@ def build_optimizer(
     """AdamW over the given parameters; no weight decay on biases, norms and 1-D parameters (standard practice)."""
     decay = [p for n, p in named_params if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in named_params if not (p.ndim >= 2 and "norm" not in n)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # named groups: the LR monitor logs lr-AdamW/weight_decay and lr-AdamW/no_weight_decay instead of pg1 / pg2
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "name": "weight_decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_weight_decay"},
+    ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
     return optimizer, scheduler

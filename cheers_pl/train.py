@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 
 from cheers_pl.callbacks import build_callbacks
 from cheers_pl.callbacks.checkpointing import SigtermCheckpoint, checkpoint_callbacks
@@ -42,6 +43,8 @@ def build_trainer(cfg: ExperimentConfig, extra_callbacks: list[L.Callback] | Non
         *(extra_callbacks or []),
     ]
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+    # the resolved config as hyperparameters (TensorBoard's HPARAMS tab; nested keys flattened to model/llm/dim, ...)
+    logger.log_hyperparams(OmegaConf.to_container(OmegaConf.structured(cfg)))
     kwargs = trainer_kwargs(cfg.trainer.kwargs())
     plugins = [*kwargs.pop("plugins", []), AtomicCheckpointIO()]
     return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)

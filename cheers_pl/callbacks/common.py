@@ -7,6 +7,7 @@ The stage is duck-typed (STYLE.md R10): callbacks only call `generate_images`, `
 Legend: B batch, H/W image size, S sampling steps, M semantic-grid tokens.
 """
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,57 @@ def output_dir(trainer: pl.Trainer, name: str) -> Path:
     return path
 
 
+def logged_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs the scalars of this moment at (validation inside fit: the optimizer steps taken before
+    the current batch, which is `global_step` − 1 there), so images and scalars of one validation line up."""
+    if trainer.state.fn == "fit":
+        return trainer.fit_loop.epoch_loop._batches_that_stepped
+    return trainer.global_step
+
+
 def log_image(trainer: pl.Trainer, tag: str, image: torch.Tensor | np.ndarray) -> int:
     """Adds `image` (3×H×W float in [0, 1], or H×W×3/4 uint8) to every TensorBoard logger; returns how many."""
     count = 0
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             fmt = "CHW" if isinstance(image, torch.Tensor) else "HWC"
-            logger.experiment.add_image(tag, image, global_step=trainer.global_step, dataformats=fmt)
+            logger.experiment.add_image(tag, image, global_step=logged_step(trainer), dataformats=fmt)
             count += 1
     return count
+
+
+def captioned_grid(
+    images_NHW3: np.ndarray,
+    num_columns: int,
+    captions: list[str] | None = None,
+    column_titles: list[str] | None = None,
+    tile_inches: float = 1.7,
+) -> np.ndarray:
+    """Images enlarged (nearest neighbour) on a grid with a caption under each or a title over each column.
+
+    Returns:
+        The rasterised figure, H×W×3 uint8 (64-pixel tiles are drawn ~2.7× larger, readable in TensorBoard).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(images_NHW3)
+    cols = max(1, min(num_columns, n))
+    rows = -(-n // cols)
+    text_h = 0.45 if captions else 0.0
+    fig = Figure(figsize=(tile_inches * cols, (tile_inches + text_h) * rows + (0.3 if column_titles else 0)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(images_NHW3[i], interpolation="nearest")
+        if captions:
+            ax.set_title(textwrap.fill(captions[i], 28), fontsize=6, y=-0.02, va="top")
+        if column_titles and i < cols:
+            ax.set_title(column_titles[i], fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97 if column_titles else 0.99, bottom=0.01, wspace=0.05,
+                        hspace=0.55 if captions else 0.05)  # fmt: skip
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -1,7 +1,9 @@
 """Counts and reports what the data workers did: examples per task, skips per reason, mode conversions.
 
 Workers cannot share counters with the main process, so the counts travel inside each `Batch.events`; this callback
-sums them, logs them as `data/<event>` and prints a summary when training ends.
+sums them over the run and logs the running totals, named for what they are: `data/samples_seen/<task>`,
+`data/skipped_total/<reason>` and `data/converted_total/<mode>` (cumulative counts since the start of the run, resumed
+with it), and prints a summary when training ends.
 """
 
 import logging
@@ -13,6 +15,16 @@ from cheers_pl.data.batch import Batch
 from cheers_pl.data.tasks import TASK_NAMES
 
 log = logging.getLogger(__name__)
+# internal counter prefix -> logged name (the totals are cumulative)
+LOGGED_AS = {"task/": "samples_seen/", "skip/": "skipped_total/", "convert/": "converted_total/"}
+
+
+def logged_name(key: str) -> str:
+    """`task/generation` → `samples_seen/generation`, `skip/<reason>` → `skipped_total/<reason>`, ..."""
+    for prefix, name in LOGGED_AS.items():
+        if key.startswith(prefix):
+            return name + key[len(prefix) :]
+    return key
 
 
 class DataEventsCallback(L.Callback):
@@ -31,10 +43,11 @@ class DataEventsCallback(L.Callback):
             return
         self.update(batch)
         if batch.events or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
-            pl_module.log_dict({f"data/{k}": float(v) for k, v in self.counts.items()}, on_step=True, reduce_fx="sum")
+            totals = {f"data/{logged_name(k)}": float(v) for k, v in self.counts.items()}
+            pl_module.log_dict(totals, on_step=True, reduce_fx="sum")
 
     def summary(self) -> str:
-        items = sorted(self.counts.items())
+        items = sorted((logged_name(k), v) for k, v in self.counts.items())
         return ", ".join(f"{k}={v}" for k, v in items) if items else "no batches"
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

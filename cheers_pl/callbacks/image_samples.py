@@ -29,12 +29,13 @@ from torchvision.utils import make_grid, save_image
 
 from cheers_pl.callbacks.common import (
     PeriodicValidationCallback,
+    captioned_grid,
     check_positive,
     generate,
     log_image,
     output_dir,
 )
-from cheers_pl.data.processing import to_unit
+from cheers_pl.data.processing import to_uint8, to_unit
 
 DEFAULT_PROMPTS = [  # one per GenEval-style category of the synthetic world (DESIGN.md §5), plus texture and digit
     "a large red solid circle",
@@ -155,7 +156,8 @@ class ImageSamplesCallback(PeriodicValidationCallback):
         grid = make_grid(to_unit(images).cpu(), nrow=min(self.cfg.num_columns, images.shape[0]), padding=2)
         paths = [folder / f"step_{step}.png"]
         save_image(grid, paths[0])
-        log_image(trainer, "val/samples", grid)
+        tiles = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+        log_image(trainer, "val/samples", captioned_grid(tiles, self.cfg.num_columns, list(self.cfg.prompts)))
         protocol = folder / "prompts.txt"
         if not protocol.exists():
             lines = [f"seed={self.cfg.seed} num_steps={self.cfg.num_steps} guidance_scale={self.cfg.guidance_scale}"]

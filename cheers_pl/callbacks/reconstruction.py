@@ -16,11 +16,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchvision.utils import make_grid, save_image
 
-from cheers_pl.data.processing import to_unit
+from cheers_pl.callbacks.common import captioned_grid, log_image
+from cheers_pl.data.processing import to_uint8, to_unit
 from cheers_pl.data.tasks import TASK_TEXT
 
 METRIC_KEYS = ("vae", "decoder_t1.0")  # reconstructions that get PSNR/SSIM
@@ -88,6 +88,11 @@ def photo_crops(size: int = 64) -> torch.Tensor:
     return torch.stack(crops)
 
 
+def _title(key: str) -> str:
+    """Column title of a reconstruction key: "vae" → "VAE", "decoder_t0.5" → "D(z_t), t = 0.5"."""
+    return "VAE" if key == "vae" else f"D(z_t), t = {key.removeprefix('decoder_t')}"
+
+
 class ReconstructionCallback(L.Callback):
     """Logs reconstruction PSNR/SSIM on validation and writes original | VAE | D(z_t) grids."""
 
@@ -95,6 +100,7 @@ class ReconstructionCallback(L.Callback):
         self.cfg = cfg
         self.metrics = new_metrics()
         self.rows: list[torch.Tensor] = []
+        self.column_titles: list[str] = []
         self.num_val_runs = 0
 
     def _t_values(self) -> tuple[float, ...]:
@@ -119,6 +125,7 @@ class ReconstructionCallback(L.Callback):
         room = self.cfg.num_images - sum(r.shape[0] for r in self.rows)
         if room > 0:
             cols = [images, *[recon[k] for k in recon]]
+            self.column_titles = ["original", *[_title(k) for k in recon]]
             self.rows.append(torch.stack(cols, dim=1)[:room].detach().cpu())  # B,cols,3,H,W
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -136,9 +143,8 @@ class ReconstructionCallback(L.Callback):
         """One grid row per example (original | VAE | D at each t) → TensorBoard and a PNG; returns the PNG path."""
         num_cols = rows_BK3HW.shape[1]
         grid = make_grid(to_unit(rows_BK3HW.flatten(0, 1)), nrow=num_cols, padding=2, pad_value=1.0)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstructions", grid, global_step=trainer.global_step)
+        tiles = to_uint8(rows_BK3HW.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
+        log_image(trainer, "val/reconstructions", captioned_grid(tiles, num_cols, column_titles=self.column_titles))
         path = Path(trainer.default_root_dir) / "reconstructions" / f"step_{trainer.global_step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
