@@ -20,6 +20,7 @@ from cheers_pl.bench.args import BenchArgs
 from cheers_pl.config import ExperimentConfig, compose
 from cheers_pl.convert import ConvertArgs
 from cheers_pl.data_stats import DataStatsArgs
+from cheers_pl.diagnose.run import DiagnoseArgs
 from cheers_pl.evaluate import EvaluateArgs
 from cheers_pl.inspect import InspectArgs
 from cheers_pl.official_samples import DPGArgs, GenEvalArgs
@@ -88,6 +89,12 @@ def _evaluate(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(args)
 
 
+def _diagnose(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.diagnose.run import run
+
+    return run(args)
+
+
 def _bench(cfg: ExperimentConfig | None, args: Any) -> dict:
     from cheers_pl.bench.run import run
 
@@ -127,6 +134,9 @@ COMMANDS: dict[str, Command] = {
     "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
     "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
     "ablate": Command(_ablate, "paper ablations at an equal budget -> table + plot", AblateArgs, False),
+    "diagnose": Command(
+        _diagnose, "what limits a checkpoint: probes, overfit checks, time profile: ckpt=...", DiagnoseArgs, False
+    ),
     "bench": Command(_bench, "speed/memory benchmarks -> bench.json + bench.md [quick=true]", BenchArgs, False),
     "edit": Command(_edit, "zero-shot edit: ckpt=... image=... instruction=... [t0=0.1]", EditArgs, False),
     "convert-official": Command(

@@ -117,8 +117,12 @@ class StageModule(L.LightningModule):
                 len(report["missing"]),
                 len(report["unexpected"]),
             )
+        self.declare_trainable(self.stage_cfg.trainable)
+
+    def declare_trainable(self, patterns: list[str]) -> None:
+        """Exactly the parameters matched by the globs train (e.g. a diagnosis that fits a subset)."""
         names = [n for n, _ in self.named_parameters()]
-        chosen = match_trainable(names, self.stage_cfg.trainable)
+        chosen = match_trainable(names, patterns)
         for n, p in self.named_parameters():
             p.requires_grad_(n in chosen)
 

@@ -66,6 +66,10 @@ class MultimodalStage(StageModule):
         self.setup_trainable()
         if self.stage_cfg.new_token_rows_only:
             self._restrict_embedding_grad(text_tokenizer.convert_tokens_to_ids(list(CHEERS_SPECIAL_TOKENS)))
+
+    def declare_trainable(self, patterns: list[str]) -> None:
+        """Also (re)decides which frozen results are cached: a cache is only valid for modules that do not train."""
+        super().declare_trainable(patterns)
         vision = self.model.vision
         vae_frozen = not any(p.requires_grad for p in vision.vae.parameters())
         semantic_modules = [m for m in (vision.pixel_decoder, vision.latent_embed, vision.encoder) if m is not None]

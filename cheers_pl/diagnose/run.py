@@ -1,0 +1,177 @@
+"""The `diagnose` command: what limits a checkpoint, one number per question → `diagnose.json` + `diagnose.md`.
+
+`python -m cheers_pl diagnose ckpt=runs/tiny_generation/checkpoints/last.ckpt [parts=[probes,binding,flow,profile]]`
+- probes (1a): what the frozen tokenizer carries (`cheers_pl.diagnose.probes`);
+- binding (1b): can the LLM path bind image tokens to answers (`cheers_pl.diagnose.overfit.run_binding`);
+- flow (1c): can the flow head + sampler reproduce a few fitted scenes (`run_flow_overfit`);
+- profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`).
+A tokenizer-stage checkpoint has no LLM: binding and flow then start from `fit_experiment` (default `tiny_align`)
+with `init_from=ckpt`, i.e. its tokenizer under a fresh LLM and head. The profile builds each experiment of
+`profile_experiments` from its config (random weights: timing depends on shapes, not values) and times cold steps
+and, where the stage caches frozen features, the same batches again (warm).
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cheers_pl.checkpoint import read_checkpoint
+from cheers_pl.config import compose, config_of_checkpoint
+from cheers_pl.data.datamodule import CheersDataModule
+from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit
+from cheers_pl.diagnose.probes import run_probes
+from cheers_pl.diagnose.profile import profile_stage
+from cheers_pl.restore import load_stage
+from cheers_pl.stage import build_stage
+
+PARTS = ("probes", "binding", "flow", "profile")
+
+
+@dataclass
+class DiagnoseArgs:
+    """Arguments of `python -m cheers_pl diagnose`."""
+
+    ckpt: str = "???"
+    out_dir: str | None = None  # default: <run dir>/diagnose
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    fit_experiment: str = "tiny_align"  # for binding / flow when the checkpoint's stage has no LLM
+    profile_experiments: list[str] = field(default_factory=lambda: ["tiny_tokenizer", "tiny_align", "tiny_generation"])
+    probe_train_scenes: int = 1500
+    probe_test_scenes: int = 400
+    binding_steps: int = 300
+    flow_steps: int = 400
+    profile_steps: int = 6
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"parts: unknown {sorted(unknown)}; parts: {list(PARTS)}")
+
+
+def _out_dir(args: DiagnoseArgs) -> Path:
+    if args.out_dir is not None:
+        return Path(args.out_dir)
+    parent = Path(args.ckpt).resolve().parent
+    return (parent.parent if parent.name == "checkpoints" else parent) / "diagnose"
+
+
+def _fit_stage(args: DiagnoseArgs, stage: Any) -> Any:
+    if hasattr(stage, "answer"):
+        return stage
+    cfg = compose(args.fit_experiment, [f"stage.init_from={args.ckpt}", *args.overrides])
+    return build_stage(cfg)
+
+
+def _profile(args: DiagnoseArgs, shard_overrides: list[str]) -> dict[str, Any]:
+    out = {}
+    for experiment in args.profile_experiments:
+        cfg = compose(experiment, ["stage.init_from=null", *shard_overrides])
+        stage = build_stage(cfg)
+        loader = iter(CheersDataModule(cfg.data, rank=0, world_size=1).train_dataloader())
+        batches = [next(loader) for _ in range(args.profile_steps + 2)]
+        entry = {"cold": profile_stage(stage, iter(batches), args.profile_steps, warmup=2)}
+        caches = [getattr(stage, name, None) for name in ("latent_cache", "semantic_cache")]
+        if any(c is not None and c.enabled for c in caches):
+            entry["warm"] = profile_stage(stage, iter(batches), args.profile_steps, warmup=2)
+        out[experiment] = entry
+    return out
+
+
+def run(args: DiagnoseArgs) -> dict[str, Any]:
+    """Runs the requested parts and writes the report; returns its paths and headline numbers."""
+    started = time.perf_counter()
+    ckpt = read_checkpoint(args.ckpt)
+    cfg = config_of_checkpoint(ckpt, ["stage.init_from=null", *args.overrides], args.ckpt)
+    stage = load_stage(args.ckpt, args.overrides, ckpt=ckpt)
+    del ckpt
+    world = cfg.data.synthetic
+    report: dict[str, Any] = {
+        "protocol": {"checkpoint": str(Path(args.ckpt).resolve()), "stage": cfg.stage.name, "parts": args.parts,
+                     "torch_threads": torch.get_num_threads()},
+    }  # fmt: skip
+    if "probes" in args.parts:
+        report["probes"] = run_probes(stage.model.vision, world, args.probe_train_scenes, args.probe_test_scenes)
+    if {"binding", "flow"} & set(args.parts):
+        fit = _fit_stage(args, stage)
+        report["protocol"]["fit_stage"] = fit.cfg.name if fit is not stage else cfg.name
+        if "binding" in args.parts:
+            report["binding"] = run_binding(fit, world, steps=args.binding_steps)
+        if "flow" in args.parts:
+            report["flow"] = run_flow_overfit(fit, world, steps=args.flow_steps)
+    if "profile" in args.parts:
+        report["profile"] = _profile(args, [f"data.shard_dir={cfg.data.shard_dir}"])
+    report["protocol"]["wall_s"] = round(time.perf_counter() - started, 1)
+    out = _out_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnose.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "diagnose.md").write_text(markdown(report))
+    return {"json": str(out / "diagnose.json"), "markdown": str(out / "diagnose.md"), **headline(report)}
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The one-number answers of each part."""
+    out: dict[str, Any] = {}
+    if "probes" in report:
+        for feature, entry in report["probes"]["probes"].items():
+            for target in ("shape", "color", "count"):
+                out[f"probe/{feature}/{target}"] = entry[target]["mlp"]["accuracy"]
+        out["decoder_t1/psnr"] = report["probes"]["decoder_t1"]["psnr_decoder_t1"]
+    if "binding" in report:
+        out["binding/image"] = report["binding"]["image"]["final"]
+        out["binding/blank"] = report["binding"]["blank"]["final"]
+        out["binding/chance"] = report["binding"]["chance"]
+    if "flow" in report:
+        out["flow/parsed_back"] = report["flow"]["final"]
+    return out
+
+
+def _probe_table(probes: dict[str, Any]) -> list[str]:
+    targets = list(next(iter(probes.values())))
+    lines = ["| features | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    for feature, entry in probes.items():
+        cells = [f"{entry[t]['linear']['accuracy']:.2f} / {entry[t]['mlp']['accuracy']:.2f}" for t in targets]
+        lines.append(f"| {feature} | " + " | ".join(cells) + " |")
+    chance = [f"{next(iter(probes.values()))[t]['linear']['chance']:.2f}" for t in targets]
+    lines.append("| chance (majority) | " + " | ".join(chance) + " |")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: one section per part, each number with its protocol."""
+    lines = ["# Diagnosis", "", "```json", json.dumps(report["protocol"], indent=2), "```", ""]
+    if "probes" in report:
+        p = report["probes"]
+        lines += ["## 1a What the tokenizer carries (probe accuracy, linear / MLP, test scenes)", ""]
+        lines += _probe_table(p["probes"])
+        d = p["decoder_t1"]
+        rec = ", ".join(f"{k} {v:.3f}" for k, v in d["parser_recovery"].items())
+        lines += ["", f"D at t = 1: PSNR {d['psnr_decoder_t1']:.2f} dB; scene parser on D(x1): {rec}", ""]
+    if "binding" in report:
+        b = report["binding"]
+        lines += ["## 1b Binding image tokens to answers (64 examples, the same questions of different images)", ""]
+        lines.append(f"questions: {b['questions']}")
+        for name in ("image", "blank"):
+            r = b[name]
+            lines.append(f"- {name}: exact match {r['final']:.3f} (reached 0.98 at step {r['reached_at_step']}; "
+                         f"{r['seconds']} s)")  # fmt: skip
+        lines += [f"- chance (per-question majority): {b['chance']:.3f}", ""]
+    if "flow" in report:
+        f = report["flow"]
+        lines += ["## 1c Flow head + sampler on fitted scenes", ""]
+        lines.append(f"- parsed back (shape, colour, count of every object): {f['final']:.2f} over {len(f['prompts'])}"
+                     f" scenes; curve {f['curve']}; sampler {f['sampling']}")  # fmt: skip
+        lines.append("")
+    if "profile" in report:
+        lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]
+        for experiment, entry in report["profile"].items():
+            for kind, prof in entry.items():
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["share"].items())
+                lines.append(f"- {experiment} ({kind}): {prof['step_s']} s/step at batch {prof['batch_size']}, "
+                             f"{prof['samples_per_s']} samples/s: {shares}")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
