@@ -73,7 +73,10 @@ def _image(pipe: CheersPipeline, path_str: str, key: str = "image") -> torch.Ten
     path = Path(path_str)
     if not path.is_file():
         raise ValueError(f"{key}={path_str!r}: no such file")
-    img, _ = decode_image(path.read_bytes())
+    try:
+        img, _ = decode_image(path.read_bytes())
+    except ValueError as err:  # PIL's message names a BytesIO, not the file
+        raise ValueError(f"{key}={path_str!r}: not an image file PIL can decode (PNG, JPEG, WebP, ...)") from err
     return pipe.preprocess(img)[None].to(pipe.device)
 
 

@@ -105,12 +105,19 @@ def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of `model.safetensors` or of the shards its index names, as stored (names not upgraded)."""
     src = Path(directory)
     if not (src / INDEX_FILE).is_file():
-        return load_file(str(src / WEIGHTS_FILE))
+        return _load_file(src / WEIGHTS_FILE)
     weight_map = json.loads((src / INDEX_FILE).read_text())["weight_map"]
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        state.update(load_file(str(src / shard)))
+        state.update(_load_file(src / shard))
     return state
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type, without the file's name, for a cut file
+        raise ValueError(f"{str(path)!r}: cannot read safetensors weights ({err})") from err
 
 
 @contextlib.contextmanager
