@@ -82,3 +82,23 @@ def test_every_n_steps_overwrites_last_in_place_also_when_the_run_dir_is_reused(
     ckpts = tmp_path / "run" / "checkpoints"
     assert os.listdir(ckpts) == ["last.ckpt"]  # no last-v1.ckpt beside a stale last.ckpt
     assert torch.load(ckpts / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_a_full_disk_loses_no_training_and_the_final_failure_is_an_error(monkeypatch, shard_dir, tmp_path) -> None:
+    """Periodic writes that fail are logged and training goes on (no rank is left in the save barrier); the
+    final write failing raises, naming the checkpoint."""
+    import errno
+
+    from cheers_pl import checkpoint
+
+    def full_disk(ckpt, partial) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint, "write_partial", full_disk)
+    recorder = StepRecorder()
+    with pytest.raises(OSError, match=r"training finished at step 3 but the final checkpoint '.*last.ckpt' not wri"):
+        tiny_run(monkeypatch, shard_dir, tmp_path, "full", ["trainer.max_steps=3", "checkpoint.every_n_steps=1"],
+                 [recorder])  # fmt: skip
+    assert sorted(recorder.loss) == [0, 1, 2]
+    assert os.listdir(tmp_path / "full" / "checkpoints") == []  # no partial file left behind
