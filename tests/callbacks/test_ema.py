@@ -172,7 +172,8 @@ def test_fsdp_ema_is_sharded_and_equals_the_unsharded_ema(fsdp: Path) -> None:
     ranks = [json.loads((fsdp / f"ref-rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
     total = ranks[0]["total"]
-    assert sum(r["local"] for r in ranks) == total and all(r["local"] < 0.6 * total for r in ranks)
+    # FSDP splits each flat parameter evenly, frozen elements included, so the trainable share per rank is uneven
+    assert sum(r["local"] for r in ranks) == total and all(0 < r["local"] < 0.75 * total for r in ranks)
     assert [r["ema_bytes"] for r in ranks] == [4 * r["local"] for r in ranks]  # fp32, this rank's shard only
     ref = torch.load(fsdp / "ref-ref.pt", weights_only=True)
     ckpt = read_checkpoint(fsdp / "ref" / "checkpoints" / "last.ckpt")
