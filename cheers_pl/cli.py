@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cheers_pl.ablate import AblateArgs
 from cheers_pl.bench.args import BenchArgs
+from cheers_pl.callbacks.nonfinite import NonFiniteError
 from cheers_pl.config import ExperimentConfig, compose
 from cheers_pl.convert import ConvertArgs
 from cheers_pl.data_stats import DataStatsArgs
@@ -201,5 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:  # training stopped on repeated non-finite steps: the message says where and why
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     print(json.dumps(result, indent=2, default=str))
     return 0

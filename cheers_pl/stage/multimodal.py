@@ -126,6 +126,11 @@ class MultimodalStage(StageModule):
         x1_R = self.latent_cache(keys_R, lambda i: vision.encode(batch.images[rows_R[i]]), self.device)
         is_gen_R = batch.task[rows_R] == TASK_GENERATION
         gen_G, und_U = is_gen_R.nonzero().squeeze(1), (~is_gen_R).nonzero().squeeze(1)
+        weight_G = None
+        if not gen_G.numel():
+            # no generation row: run the flow head on one understanding row (t = 1) at weight 0, so every rank runs
+            # every module each step (FSDP all-gathers per unit; a rank that skipped the head would hang the others)
+            gen_G, weight_G = und_U[:1], x1_R.new_zeros(1)
 
         def clean_semantic(i: list[int]) -> torch.Tensor:
             with self._semantic_context():
@@ -149,7 +154,7 @@ class MultimodalStage(StageModule):
             return model.forward_tokens(input_ids, batch.pad_mask, batch.block_ids, tokens_R, t_G, detail_G, gen_G)
 
         x0_G = None if x0 is None else x0[rows_R[gen_G]]
-        flow = training_losses(network, x1_R[gen_G], t_B[rows_R[gen_G]], x0=x0_G)
+        flow = training_losses(network, x1_R[gen_G], t_B[rows_R[gen_G]], weight_G, x0=x0_G)
         return self._total(flow.output.logits, batch.labels, flow.loss)
 
     def _losses_every_image_row(

@@ -173,3 +173,19 @@ def test_frozen_cache_reuses_latents_and_semantic_tokens_with_equal_losses(make_
         make_cfg("tiny_align", "stage.cache_frozen=true", "stage.trainable=[model.vision.encoder.*]")
     )
     assert trainable_encoder.latent_cache.enabled and not trainable_encoder.semantic_cache.enabled
+
+
+def test_a_batch_without_generation_rows_still_runs_the_flow_head_at_weight_zero(make_cfg) -> None:
+    """Every rank runs every module each step (FSDP): the head runs on one understanding row, its loss is 0."""
+    stage = build_stage(make_cfg("tiny_align")).eval()
+    batch = _batch(stage)
+    und = [i for i, t in enumerate(batch.task.tolist()) if t != TASK_GENERATION]
+    from cheers_pl.data.batch import Batch
+
+    sub = Batch(**{f: (v[und] if isinstance(v, torch.Tensor) else v) for f, v in vars(batch).items()})
+    sub.keys, sub.meta = [batch.keys[i] for i in und], [batch.meta[i] for i in und]
+    calls = []
+    stage.model.flow_head.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        losses = stage.losses(sub, sub.input_ids, torch.ones(len(sub)))
+    assert calls == [1] and losses["loss_flow"] == 0 and losses["loss_lm"] > 0
