@@ -23,6 +23,7 @@ from cheers_pl.convert import ConvertArgs
 from cheers_pl.data_stats import DataStatsArgs
 from cheers_pl.diagnose.run import DiagnoseArgs
 from cheers_pl.evaluate import EvaluateArgs
+from cheers_pl.export_tokenizer import ExportTokenizerArgs
 from cheers_pl.inspect import InspectArgs
 from cheers_pl.official_samples import DPGArgs, GenEvalArgs
 from cheers_pl.sample import AnswerArgs, EditArgs, SampleArgs
@@ -90,6 +91,13 @@ def _evaluate(cfg: ExperimentConfig | None, args: Any) -> dict:
     return run(args)
 
 
+def _export_tokenizer(cfg: ExperimentConfig | None, args: Any) -> dict:
+    from cheers_pl.export_tokenizer import export_tokenizer
+
+    card = export_tokenizer(args.ckpt, args.out_dir, args.num_scenes)
+    return {"out_dir": args.out_dir, **card["figures"]}
+
+
 def _diagnose(cfg: ExperimentConfig | None, args: Any) -> dict:
     from cheers_pl.diagnose.run import run
 
@@ -135,6 +143,12 @@ COMMANDS: dict[str, Command] = {
     "sample": Command(_sample, "generate PNGs: ckpt=... prompt=... num_images=4 [out_dir=samples]", SampleArgs, False),
     "evaluate": Command(_evaluate, "GenEval, VQA, reconstruction (+FID/CLIP) report: ckpt=...", EvaluateArgs, False),
     "ablate": Command(_ablate, "paper ablations at an equal budget -> table + plot", AblateArgs, False),
+    "export-tokenizer": Command(
+        _export_tokenizer,
+        "tokenizer checkpoint → small dir for init_from: ckpt=... out_dir=...",
+        ExportTokenizerArgs,
+        False,
+    ),
     "diagnose": Command(
         _diagnose, "what limits a checkpoint: probes, overfit checks, time profile: ckpt=...", DiagnoseArgs, False
     ),

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1] / "cheers_pl"
 COMMANDS = (
     "cheers_pl.__main__", "cheers_pl.cli", "cheers_pl.config", "cheers_pl.registry", "cheers_pl.restore",
     "cheers_pl.train", "cheers_pl.evaluate", "cheers_pl.ablate", "cheers_pl.sample", "cheers_pl.inspect",
-    "cheers_pl.export", "cheers_pl.data_stats", "cheers_pl.bench", "cheers_pl.diagnose",
+    "cheers_pl.export", "cheers_pl.data_stats", "cheers_pl.bench", "cheers_pl.diagnose", "cheers_pl.export_tokenizer",
     "cheers_pl.convert", "cheers_pl.official_samples",
 )  # fmt: skip
 # floor name -> module prefixes (a module belongs to the floor of its longest matching prefix)

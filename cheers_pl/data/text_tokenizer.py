@@ -6,6 +6,8 @@ the same special tokens and the same ChatML-style template (Qwen's), so the sequ
 never branches on the preset.
 """
 
+import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,3 +85,8 @@ def load_text_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 def save_text_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
     """Saves the tokenizer (and its chat template) with `save_pretrained`."""
     tokenizer.save_pretrained(str(directory))
+
+
+def vocab_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of the token → id map: equal fingerprints mean the same ids for every text."""
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()

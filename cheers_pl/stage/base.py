@@ -15,6 +15,7 @@ import lightning as L
 from torch import nn
 
 from cheers_pl.checkpoint import CONFIG_KEY, config_yaml, read_checkpoint, upgrade_state_dict
+from cheers_pl.data.text_tokenizer import load_text_tokenizer, vocab_fingerprint
 from cheers_pl.model.weights import read_state, upgrade_parameter_name
 from cheers_pl.optim import OptimConfig, build_optimizer
 
@@ -47,6 +48,19 @@ def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
     return chosen
 
 
+def _check_text_tokenizer(module: nn.Module, directory: Path) -> None:
+    """An exported directory with its own text tokenizer (a text tower trained on its ids) must match the stage's."""
+    own = getattr(module, "text_tokenizer", None)
+    if own is None or not (directory / "tokenizer").is_dir():
+        return
+    theirs = load_text_tokenizer(str(directory / "tokenizer"))
+    if vocab_fingerprint(theirs) != vocab_fingerprint(own):
+        raise ValueError(
+            f"stage.init_from={str(directory)!r} was trained with the text tokenizer in {directory / 'tokenizer'}, "
+            "which maps text to other ids than this run's (data.text_tokenizer); set data.text_tokenizer to it"
+        )
+
+
 def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "error") -> dict[str, list[str]]:
     """Loads the `model.*` weights of a checkpoint into `module` (lenient on missing keys).
 
@@ -66,6 +80,7 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
     if shape_mismatch not in ("error", "skip"):
         raise ValueError(f"stage.init_shape_mismatch must be 'error' or 'skip', got {shape_mismatch!r}")
     if Path(path).is_dir():  # an exported directory (save_pretrained, convert-official): the network's tensors
+        _check_text_tokenizer(module, Path(path))
         state = {f"model.{upgrade_parameter_name(k)}": v for k, v in read_state(path).items()}
     else:
         ckpt = read_checkpoint(path, "stage.init_from")

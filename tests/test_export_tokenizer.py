@@ -1,0 +1,47 @@
+"""Tests for cheers_pl.export_tokenizer: a tokenizer checkpoint becomes a small directory stages start from."""
+
+import json
+
+import pytest
+import torch
+
+from cheers_pl.checkpoint import CONFIG_KEY
+from cheers_pl.config import compose, to_yaml
+from cheers_pl.data.text_tokenizer import save_text_tokenizer, train_text_tokenizer
+from cheers_pl.export_tokenizer import export_tokenizer
+from cheers_pl.stage import build_stage
+
+
+@pytest.fixture(scope="module")
+def exported(shard_dir, tmp_path_factory):
+    cfg = compose("tiny_tokenizer", [f"data.shard_dir={shard_dir}", "data.num_workers=0"])
+    stage = build_stage(cfg)
+    with torch.no_grad():
+        for p in stage.model.vision.encoder.parameters():
+            p.add_(0.01)
+    root = tmp_path_factory.mktemp("tok")
+    torch.save({"state_dict": stage.state_dict(), CONFIG_KEY: to_yaml(cfg), "global_step": 5}, root / "last.ckpt")
+    card = export_tokenizer(root / "last.ckpt", root / "out", num_scenes=32)
+    return stage, card, root / "out"
+
+
+def test_directory_holds_vision_and_towers_tokenizer_and_card(exported) -> None:
+    stage, card, out = exported
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((out / "card.json").read_text()) == card
+    assert card["source"]["global_step"] == 5 and card["bytes"] < 10e6
+    fig = card["figures"]
+    assert {"psnr_vae", "psnr_decoder_t1", "parser_recovery", "retrieval"} <= set(fig)
+    assert fig["retrieval"]["num_groups"] == 1 and set(fig["parser_recovery"]) == {"vae", "decoder_t1"}
+
+
+def test_a_stage_starts_from_it_and_a_foreign_text_tokenizer_is_refused(exported, shard_dir, tmp_path) -> None:
+    stage, _, out = exported
+    align = build_stage(compose("tiny_align", [f"data.shard_dir={shard_dir}", f"stage.init_from={out}"]))
+    for name, want in stage.model.vision.encoder.state_dict().items():
+        torch.testing.assert_close(align.model.vision.encoder.state_dict()[name], want, rtol=0, atol=0)
+    other = tmp_path / "other"
+    save_text_tokenizer(train_text_tokenizer(["entirely different words here"] * 20, vocab_size=300), other)
+    with pytest.raises(ValueError, match="maps text to other ids"):
+        build_stage(compose("tiny_align", [f"data.shard_dir={shard_dir}", f"stage.init_from={out}",
+                                           f"data.text_tokenizer={other}"]))  # fmt: skip
