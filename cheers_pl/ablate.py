@@ -2,7 +2,10 @@
 with one protocol → `ablations.json`, `ablations.md` (table with the protocol) and `ablations.png`.
 
 Each ablation is `conf/experiment/ablate_<variant>.yaml`, a one-value change of `ablate_base.yaml`; this module only
-runs `train.run` and `evaluate.run` on them and tabulates the metrics the claim is about.
+runs `train.run` and `evaluate.run` on them and tabulates the metrics the claim is about. Every arm is trained once
+per seed (`seeds`; the seed sets the initialisation, the data order and the flow noise): the table gives the mean
+and the spread (max − min over seeds) of each arm, and a difference of means counts as shown only when it exceeds
+the larger of the two spreads.
 """
 
 import json
@@ -68,6 +71,7 @@ class AblateArgs:
     images_per_prompt: int = 1
     max_vqa: int = 256
     num_steps: int | None = None  # sampling steps (default: the stage's)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # one run per arm and seed
     reuse: bool = False  # skip training when the variant's last.ckpt exists
     overrides: list[str] = field(default_factory=list)  # applied to every experiment (e.g. data.shard_dir=...)
 
@@ -78,8 +82,9 @@ class AblateArgs:
             raise ValueError(f"names: unknown ablations {sorted(unknown)}; known: {sorted(known)}")
 
 
-def _train_and_evaluate(experiment: str, args: AblateArgs) -> dict:
-    overrides = [f"output_root={args.out_dir}", "trainer.enable_progress_bar=false", *args.overrides]
+def _train_and_evaluate(experiment: str, seed: int, args: AblateArgs) -> dict:
+    overrides = [f"output_root={args.out_dir}", "trainer.enable_progress_bar=false", f"name={experiment}_s{seed}",
+                 f"seed={seed}", f"data.seed={seed}", *args.overrides]  # fmt: skip
     if args.max_steps is not None:
         overrides.append(f"trainer.max_steps={args.max_steps}")
     cfg = compose(experiment, overrides)
@@ -112,16 +117,39 @@ def _value(result: dict, section: str, key: str) -> float | None:
     return result["report"].get(section, {}).get("scores", {}).get(key)
 
 
+def summarise(values: list[float | None]) -> dict[str, float | None]:
+    """Mean, spread (max − min) and the values over seeds (None where a run lacks the metric)."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return {"mean": None, "spread": None, "values": values}
+    return {"mean": sum(got) / len(got), "spread": max(got) - min(got), "values": values}
+
+
+def shown(base: dict, variant: dict) -> bool | None:
+    """Whether the difference of means exceeds the larger spread (None when a side is missing)."""
+    if base["mean"] is None or variant["mean"] is None:
+        return None
+    return abs(variant["mean"] - base["mean"]) > max(base["spread"], variant["spread"])
+
+
+def _fmt(entry: dict) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    return f"{entry['mean']:.3f} ± {entry['spread'] / 2:.3f}"
+
+
 def _markdown(rows: list[dict], protocol: dict) -> str:
-    lines = ["# Ablations (DESIGN.md §6)", "", "| ablation | claim | metric | base | variant | Δ (variant − base) |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines = ["# Ablations (DESIGN.md §6)", "", f"Seeds per arm: {protocol['seeds']}. Cells: mean ± half the spread "
+             "(max − min over seeds); a difference is *shown* when |Δ| exceeds the larger spread.", "",
+             "| ablation | claim | metric | base | variant | Δ (variant − base) | shown |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        b, v = r["base_value"], r["variant_value"]
-        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-        delta = "n/a" if b is None or v is None else f"{v - b:+.3f}"
+        b, v = r["base"], r["variant"]
+        delta = "n/a" if b["mean"] is None or v["mean"] is None else f"{v['mean'] - b['mean']:+.3f}"
+        verdict = {True: "yes", False: "no (within spread)", None: "n/a"}[r["shown"]]
         lines.append(
-            f"| {r['ablation']} | {r['claim']} | {r['metric']} | {r['base_label']}: {fmt(b)} | "
-            f"{r['variant_label']}: {fmt(v)} | {delta} |"
+            f"| {r['ablation']} | {r['claim']} | {r['metric']} | {r['base_label']}: {_fmt(b)} | "
+            f"{r['variant_label']}: {_fmt(v)} | {delta} | {verdict} |"
         )
     lines += ["", "## Protocol", "", "```json", json.dumps(protocol, indent=2), "```", ""]
     return "\n".join(lines)
@@ -131,11 +159,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     rows = [r for r in rows if r["section"] != "train"]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 5))
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [r["base_value"] or 0 for r in rows], width=0.4, label="base")
-    ax.bar([x + 0.2 for x in xs], [r["variant_value"] or 0 for r in rows], width=0.4, label="variant")
+    for offset, side, label in ((-0.2, "base", "base"), (0.2, "variant", "variant")):
+        means = [r[side]["mean"] or 0 for r in rows]
+        errs = [(r[side]["spread"] or 0) / 2 for r in rows]
+        ax.bar([x + offset for x in xs], means, width=0.4, yerr=errs, capsize=3, label=label)
     labels = [f"{r['ablation']}: {r['metric']}" for r in rows]
     ax.set_xticks(list(xs), labels, fontsize=8, rotation=35, ha="right")
-    ax.set_ylabel("score (GenEval-style / VQA exact match)")
+    ax.set_ylabel("score (GenEval-style / VQA exact match), mean ± half spread")
     ax.set_ylim(0, 1)
     ax.legend()
     fig.tight_layout()
@@ -144,26 +174,32 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def run(args: AblateArgs) -> dict:
-    """Trains and evaluates the base and the chosen variants; writes the table, the JSON and the plot."""
+    """Trains and evaluates the base and the chosen variants once per seed; writes the table, the JSON and the plot."""
     chosen = [a for a in ABLATIONS if a.name in args.names]
-    results = {name: _train_and_evaluate(name, args) for name in dict.fromkeys([BASE, *[a.variant for a in chosen]])}
+    arms = list(dict.fromkeys([BASE, *[a.variant for a in chosen]]))
+    results = {arm: [_train_and_evaluate(arm, seed, args) for seed in args.seeds] for arm in arms}
     rows = []
     for a in chosen:
         for section, key in a.metrics:
+            base = summarise([_value(r, section, key) for r in results[BASE]])
+            variant = summarise([_value(r, section, key) for r in results[a.variant]])
             rows.append(
                 {
                     "ablation": a.name, "claim": a.claim, "metric": f"{section}/{key}", "section": section,
-                    "base_label": a.base_label, "variant_label": a.variant_label,
-                    "base_value": _value(results[BASE], section, key),
-                    "variant_value": _value(results[a.variant], section, key),
+                    "base_label": a.base_label, "variant_label": a.variant_label, "base": base, "variant": variant,
+                    "shown": shown(base, variant),
                 }
             )  # fmt: skip
-    base_report = results[BASE]["report"]
+    base_report = results[BASE][0]["report"]
     protocol = {
-        "experiments": {name: {"train": r["train"], "batch_size": r["batch_size"]} for name, r in results.items()},
+        "seeds": list(args.seeds),
+        "experiments": {
+            arm: {"train": [r["train"] for r in runs], "batch_size": runs[0]["batch_size"]}
+            for arm, runs in results.items()
+        },
         "generation": base_report.get("generation", {}).get("protocol"),
         "understanding": base_report.get("understanding", {}).get("protocol"),
-        "equal_budget": "same max_steps, batch size, optimiser and init (ablate_base) for every experiment",
+        "equal_budget": "same max_steps, batch size, optimiser and init (ablate_base) for every experiment and seed",
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
