@@ -7,7 +7,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-synthetic train-tokenizer train-align train-generation evaluate ablate bench \
+.PHONY: help install test demo demo-scratch tokenizer-checkpoint data-synthetic train-tokenizer train-align train-generation evaluate ablate bench \
         tensorboard lint clean
 
 help: ## list the targets
@@ -30,9 +30,10 @@ lint: install ## ruff check + format check
 
 DEMO_REPORT ?= runs/demo/report
 DEMO_TRAIN_ARGS ?=
-DEMO_EVAL_ARGS ?=
+DEMO_EVAL_ARGS ?= per_category=16 images_per_prompt=2 max_vqa=512 max_recon=256 max_retrieval=256
 SHARDS := data/shards/synthetic/manifest.json
-TOKENIZER_CKPT := runs/tiny_tokenizer/checkpoints/last.ckpt
+# the committed tiny tokenizer (VAE, D, encoder, text tower), made by `make tokenizer-checkpoint`
+TOKENIZER_DIR := checkpoints/tiny_tokenizer
 ALIGN_CKPT := runs/tiny_align/checkpoints/last.ckpt
 GENERATION_CKPT := runs/tiny_generation/checkpoints/last.ckpt
 
@@ -40,16 +41,36 @@ GENERATION_CKPT := runs/tiny_generation/checkpoints/last.ckpt
 # (`make clean` starts over).
 $(SHARDS): | $(VENV)/.installed
 	$(PY) -m cheers_pl make-shards experiment=tiny_data
-$(TOKENIZER_CKPT): $(SHARDS)
-	$(PY) -m cheers_pl train experiment=tiny_tokenizer $(DEMO_TRAIN_ARGS)
-$(ALIGN_CKPT): $(TOKENIZER_CKPT)
+$(ALIGN_CKPT): $(SHARDS) $(TOKENIZER_DIR)/model.safetensors
 	$(PY) -m cheers_pl train experiment=tiny_align $(DEMO_TRAIN_ARGS)
 $(GENERATION_CKPT): $(ALIGN_CKPT)
 	$(PY) -m cheers_pl train experiment=tiny_generation $(DEMO_TRAIN_ARGS)
 
-demo: install $(GENERATION_CKPT) ## the main job: shards -> tokenizer -> align -> generation -> evaluate -> report (tiny, CPU)
+demo: install $(GENERATION_CKPT) ## the main job: shards -> align -> generation (from the committed tokenizer) -> evaluate -> report
 	$(PY) -m cheers_pl evaluate ckpt=$(GENERATION_CKPT) out_dir=$(DEMO_REPORT) $(DEMO_EVAL_ARGS)
 	@echo "demo report: $(DEMO_REPORT)/report.md (TensorBoard: make tensorboard)"
+
+# Every stage from scratch (the tokenizer too, at the demo's short budget) in runs/scratch.
+SCRATCH := runs/scratch
+demo-scratch: install $(SHARDS) ## every stage from scratch: tokenizer -> align -> generation -> evaluate (runs/scratch)
+	$(PY) -m cheers_pl train experiment=tiny_tokenizer output_root=$(SCRATCH) $(DEMO_TRAIN_ARGS)
+	$(PY) -m cheers_pl train experiment=tiny_align output_root=$(SCRATCH) \
+		stage.init_from=$(SCRATCH)/tiny_tokenizer/checkpoints/last.ckpt $(DEMO_TRAIN_ARGS)
+	$(PY) -m cheers_pl train experiment=tiny_generation output_root=$(SCRATCH) \
+		stage.init_from=$(SCRATCH)/tiny_align/checkpoints/last.ckpt $(DEMO_TRAIN_ARGS)
+	$(PY) -m cheers_pl evaluate ckpt=$(SCRATCH)/tiny_generation/checkpoints/last.ckpt out_dir=$(SCRATCH)/report \
+		$(DEMO_EVAL_ARGS)
+	@echo "scratch report: $(SCRATCH)/report/report.md"
+
+# The long tokenizer recipe behind $(TOKENIZER_DIR): VAE alone, then D on noisy latents, then the encoder and text
+# tower contrastively at batch 256 on clean images; then the export (figures in $(TOKENIZER_DIR)/card.json).
+RECIPE := runs/recipe
+tokenizer-checkpoint: install $(SHARDS) ## the long tokenizer recipe (3 phases, ~2-3 h on 2 cores) -> checkpoints/tiny_tokenizer
+	$(PY) -m cheers_pl train experiment=tiny_tokenizer_vae output_root=$(RECIPE) $(ARGS)
+	$(PY) -m cheers_pl train experiment=tiny_tokenizer_decoder output_root=$(RECIPE) $(ARGS)
+	$(PY) -m cheers_pl train experiment=tiny_tokenizer_encoder output_root=$(RECIPE) $(ARGS)
+	$(PY) -m cheers_pl export-tokenizer ckpt=$(RECIPE)/tiny_tokenizer_encoder/checkpoints/last.ckpt \
+		out_dir=$(TOKENIZER_DIR)
 
 data-synthetic: install ## write the synthetic world as train/val/test shards + manifest (EXP=tiny_data)
 	$(PY) -m cheers_pl make-shards experiment=$(or $(EXP),tiny_data) $(ARGS)
