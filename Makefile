@@ -62,12 +62,11 @@ demo-scratch: install $(SHARDS) ## every stage from scratch: tokenizer -> align 
 		$(DEMO_EVAL_ARGS)
 	@echo "scratch report: $(SCRATCH)/report/report.md"
 
-# The long tokenizer recipe behind $(TOKENIZER_DIR): VAE alone, then D on noisy latents, then the encoder and text
-# tower contrastively at batch 256 on clean images; then the export (figures in $(TOKENIZER_DIR)/card.json).
+# The long tokenizer recipe behind $(TOKENIZER_DIR): the VAE alone, then the encoder and text tower contrastively at
+# batch 256 on clean images (D = the VAE decoder's copy); then the export (figures in $(TOKENIZER_DIR)/card.json).
 RECIPE := runs/recipe
-tokenizer-checkpoint: install $(SHARDS) ## the long tokenizer recipe (3 phases, ~2-3 h on 2 cores) -> checkpoints/tiny_tokenizer
+tokenizer-checkpoint: install $(SHARDS) ## the long tokenizer recipe (2 phases, ~3 h on 2 cores) -> checkpoints/tiny_tokenizer
 	$(PY) -m cheers_pl train experiment=tiny_tokenizer_vae output_root=$(RECIPE) $(ARGS)
-	$(PY) -m cheers_pl train experiment=tiny_tokenizer_decoder output_root=$(RECIPE) $(ARGS)
 	$(PY) -m cheers_pl train experiment=tiny_tokenizer_encoder output_root=$(RECIPE) $(ARGS)
 	$(PY) -m cheers_pl export-tokenizer ckpt=$(RECIPE)/tiny_tokenizer_encoder/checkpoints/last.ckpt \
 		out_dir=$(TOKENIZER_DIR)
