@@ -88,9 +88,9 @@ def read_digit(ink_hw: np.ndarray) -> int | None:
     cells = np.zeros((5, 3), dtype=bool)
     for i in range(5):
         for j in range(3):
-            block = box[
-                r_edges[i] : max(r_edges[i + 1], r_edges[i] + 1), c_edges[j] : max(c_edges[j + 1], c_edges[j] + 1)
-            ]
+            # a box narrower than the grid gives a cell at least its nearest pixel row / column (never an empty slice)
+            r0, c0 = min(r_edges[i], h - 1), min(c_edges[j], w - 1)
+            block = box[r0 : max(r_edges[i + 1], r0 + 1), c0 : max(c_edges[j + 1], c0 + 1)]
             cells[i, j] = block.mean() > 0.5
     hamming = (_GLYPHS != cells[None]).sum((1, 2))
     best = int(hamming.argmin())

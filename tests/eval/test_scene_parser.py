@@ -1,13 +1,14 @@
 """Tests for the detector-free scene parser (cheers_pl/eval/scene_parser.py)."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from cheers_pl.data.synthetic import Scene, SceneObject, SyntheticConfig, make_sample, render
-from cheers_pl.eval.scene_parser import ParsedObject, aggregate_matches, match_scene, parse_scene
+from cheers_pl.eval.scene_parser import ParsedObject, aggregate_matches, match_scene, parse_scene, read_digit
 
 CFG = SyntheticConfig()
 
@@ -94,3 +95,13 @@ def test_match_scene_counts_errors() -> None:
 def test_parse_scene_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="H x W x 3"):
         parse_scene(np.zeros((64, 64), dtype=np.uint8), CFG)
+
+
+@pytest.mark.parametrize(("height", "width"), [(6, 1), (1, 6), (2, 2), (4, 1)])
+def test_read_digit_on_a_box_smaller_than_the_glyph_grid_reads_no_empty_cell(height: int, width: int) -> None:
+    """Generated images hold ink boxes narrower than the 3×5 grid; no cell may be an empty slice (a NaN mean)."""
+    ink = np.zeros((8, 8), dtype=bool)
+    ink[1 : 1 + height, 2 : 2 + width] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        read_digit(ink)
