@@ -5,6 +5,9 @@ tokenizer and the expected outputs are fixtures (`tests/fixtures/golden/`), reco
 of the code and checked after every one: a refactor that claims "behaviour unchanged" must leave all of them equal.
 Re-record (`python -m tests.test_golden`) only for an intended change of behaviour, and say so in the commit.
 The fixtures were recorded with 2 intra-op threads; CPU reductions split by thread count, so the test pins 2.
+Ids and answers must be equal; floating outputs equal to float32 rounding (atol 3e-5, rtol 1e-5): the same code on
+another x86 CPU (other SIMD kernels) moved logits by 2.3e-6 and 4-step sample latents by 9.5e-6, while a behaviour
+change moves them by orders of magnitude more.
 """
 
 import json
@@ -123,7 +126,9 @@ def test_golden_outputs_unchanged(pinned_threads) -> None:
     expected = load_file(GOLDEN / "outputs.safetensors")
     assert set(tensors) == set(expected)
     for key, value in tensors.items():
-        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
+        exact = not value.is_floating_point()
+        torch.testing.assert_close(value, expected[key], rtol=0 if exact else 1e-5, atol=0 if exact else 3e-5,
+                                   msg=lambda m, k=key: f"{k}: {m}")  # fmt: skip
     assert texts == json.loads((GOLDEN / "outputs.json").read_text())
 
 

@@ -153,7 +153,7 @@ def test_flow_loss_covers_generation_rows_and_matches_the_manual_objective(make_
 
 
 def test_frozen_cache_reuses_latents_and_semantic_tokens_with_equal_losses(make_cfg) -> None:
-    plain = build_stage(make_cfg("tiny_align")).eval()
+    plain = build_stage(make_cfg("tiny_align", "stage.cache_frozen=false")).eval()
     cached = build_stage(make_cfg("tiny_align", "stage.cache_frozen=true")).eval()
     cached.load_state_dict(plain.state_dict())
     batch = _batch(plain)
