@@ -18,12 +18,14 @@ from torch import nn
 
 from cheers_pl.optim import build_optimizer
 
-# component name -> attribute path below the stage's `model` (the first that exists is timed)
+# component name -> attribute paths below the stage's `model` (each that exists is timed)
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "vae_encode": ("vision.vae.autoencoder.encoder",),
     "vae_decode": ("vision.vae.autoencoder.decoder",),
     "pixel_decoder": ("vision.pixel_decoder",),
-    "semantic_encoder": ("vision.encoder", "vision.latent_embed"),
+    # the stages call the encoder's blocks through forward_embeddings, never its forward: time the blocks (HF SigLIP's
+    # `model.encoder`, timm's `model.blocks`) or the latent embedding; the patch embedding counts as other_forward
+    "semantic_encoder": ("vision.encoder.model.encoder", "vision.encoder.model.blocks", "vision.latent_embed"),
     "compressor": ("vision.compressor",),
     "llm": ("llm",),
     "flow_head": ("flow_head",),
