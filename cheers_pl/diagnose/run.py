@@ -121,6 +121,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             for target in ("shape", "color", "count"):
                 out[f"probe/{feature}/{target}"] = entry[target]["mlp"]["accuracy"]
         out["decoder_t1/psnr"] = report["probes"]["decoder_t1"]["psnr_decoder_t1"]
+        for t, r2 in report["probes"].get("noise_r2", {}).items():
+            out[f"noise_r2/{t}/detail"], out[f"noise_r2/{t}/z_t"] = r2["detail"], r2["z_t"]
     if "binding" in report:
         out["binding/image"] = report["binding"]["image"]["final"]
         out["binding/blank"] = report["binding"]["blank"]["final"]
@@ -151,6 +153,10 @@ def markdown(report: dict[str, Any]) -> str:
         d = p["decoder_t1"]
         rec = ", ".join(f"{k} {v:.3f}" for k, v in d["parser_recovery"].items())
         lines += ["", f"D at t = 1: PSNR {d['psnr_decoder_t1']:.2f} dB; scene parser on D(x1): {rec}", ""]
+        if "noise_r2" in p:
+            cells = "; ".join(f"{t}: S(D(z_t)) {r['detail']:.3f}, z_t {r['z_t']:.3f}, both {r['both']:.3f}"
+                              for t, r in p["noise_r2"].items())  # fmt: skip
+            lines += [f"Noise x0 the flow head can see (R² of a linear probe per latent position): {cells}", ""]
     if "binding" in report:
         b = report["binding"]
         lines += ["## 1b Binding image tokens to answers (64 examples, the same questions of different images)", ""]

@@ -44,6 +44,11 @@ def test_probes_find_what_the_committed_tokenizer_carries(tokenizer_ckpt: Path) 
     assert set(probes["semantic"]) == {"shape", "color", "texture", "size", "digit", "region", "count"}
     assert out["decoder_t1"]["psnr_decoder_t1"] > 30
     assert out["decoder_t1"]["parser_recovery"]["color"] > 0.9
+    noise = out["noise_r2"]
+    assert set(noise) == {"t=0.3", "t=0.7"}
+    # the reference can fail: z_t = t·x1 + (1 − t)·x0 holds x0 linearly, more of it the closer t is to noise
+    assert noise["t=0.3"]["z_t"] > 0.6 and noise["t=0.3"]["z_t"] > noise["t=0.7"]["z_t"], noise
+    assert all(r["both"] >= max(r["detail"], r["z_t"]) - 0.02 for r in noise.values()), noise
 
 
 def test_cli_profile_part_writes_both_reports(tokenizer_ckpt: Path, tmp_path: Path, capsys) -> None:
