@@ -7,11 +7,13 @@ before Lightning reads it (a safe load that maps the file without reading its te
 loads a full checkpoint with its own unpickler, which ignores `weights_only`.
 """
 
+import atexit
 import logging
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
@@ -60,6 +62,14 @@ def check_resume(cfg: ExperimentConfig) -> None:
         raise ValueError(f"resume_from={cfg.resume_from!r}: a checkpoint of stage {stage!r}, not {cfg.stage.name!r}")
 
 
+def _end_process_group() -> None:
+    """At interpreter exit, tears down the default process group that Lightning leaves up: a gloo group left to the
+    exit itself once aborted a finished 2-rank run ("terminate called without an active exception", exit -6). Not
+    after each fit: a process that trains again (ablate, resume tests) reuses the group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run(cfg: ExperimentConfig) -> dict:
     """Trains the experiment's stage; returns the run directory, the last checkpoint and the final metrics."""
     if cfg.stage is None:
@@ -84,6 +94,9 @@ def run(cfg: ExperimentConfig) -> dict:
     if error:
         raise OSError(f"training finished at step {trainer.global_step} but the final {error}")
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.world_size > 1:
+        atexit.unregister(_end_process_group)
+        atexit.register(_end_process_group)
     sigterm = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint) and c.requested), None)
     stopped = {"stopped_by": "SIGTERM"} if sigterm is not None else {}
     return {"run_dir": str(cfg.run_dir), "checkpoint": str(last), "global_step": trainer.global_step, **stopped,
