@@ -1,10 +1,10 @@
 """A tiny random checkpoint in the released Cheers layout, for the converter's tests.
 
-Names follow the release's pattern (`../shared`'s index of `ai9stars/Cheers`, at tiny depth) and shapes the
-released modules' formulas (UMMModel: SigLIP2 tower with pooling head, FLUX-named VAE and decoder copy with their
-BatchNorms, und_projector, gen_projector / hi_projector DiT stages, hi_gate, time_embed, Qwen2 decoder, lm_head),
-written out here independently of `cheers_pl.official.names`, so the tests check the mapping against the layout
-rather than against itself.
+Names follow the release's pattern (its index, copied to `tests/fixtures/official/checkpoint`, at tiny depth) and
+shapes the released modules' formulas (UMMModel: SigLIP2 tower with pooling head, FLUX-named VAE and decoder copy
+with their BatchNorms, und_projector, gen_projector / hi_projector DiT stages, hi_gate, time_embed, Qwen2 decoder,
+lm_head), written out here independently of `cheers_pl.official.names`, so the tests check the mapping against the
+layout rather than against itself.
 """
 
 import json
