@@ -1,11 +1,18 @@
 """A tiny random model for tests: its zero-initialised layers (adaLN, flow output, HFI gate) perturbed so every path
 carries signal, wrapped in a pipeline with a small trained text tokenizer."""
 
+from pathlib import Path
+
 import torch
 
 from cheers_pl.data.text_tokenizer import train_text_tokenizer
 from cheers_pl.model.cheers import CheersConfig, CheersModel
 from cheers_pl.pipeline import CheersPipeline
+
+# the committed tiny tokenizer (`make tokenizer-checkpoint`), which `make demo` starts from, and the overrides that
+# start a stage from it with its own text tokenizer
+TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_tokenizer"
+FROM_TINY_TOKENIZER = [f"stage.init_from={TINY_TOKENIZER}", f"data.text_tokenizer={TINY_TOKENIZER / 'tokenizer'}"]
 
 TEXTS = ["a red circle left of a blue square", "how many shapes are there? two", "what colour is it? green"] * 10
 

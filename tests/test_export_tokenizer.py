@@ -1,7 +1,6 @@
 """Tests for cheers_pl.export_tokenizer: a tokenizer checkpoint becomes a small directory stages start from."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from cheers_pl.config import compose, to_yaml
 from cheers_pl.data.text_tokenizer import save_text_tokenizer, train_text_tokenizer
 from cheers_pl.export_tokenizer import export_tokenizer, measure
 from cheers_pl.stage import build_stage
+from tests._models import FROM_TINY_TOKENIZER, TINY_TOKENIZER
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +48,14 @@ def test_a_stage_starts_from_it_and_a_foreign_text_tokenizer_is_refused(exported
                                            f"data.text_tokenizer={other}"]))  # fmt: skip
 
 
-COMMITTED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_tokenizer"
-
-
 @pytest.mark.slow
 def test_the_committed_tiny_tokenizer_has_the_figures_of_its_card(shard_dir) -> None:
     """`checkpoints/tiny_tokenizer` (what `make demo` starts from) loads as `init_from` and, re-measured on its card's
     first 64 test scenes, keeps issue 12's tokenizer aims: PSNR ≥ 26 dB, the parser recovers shape and colour of
     ≥ 95 % of objects from D(x1), image→caption retrieval top-1 among 32 ≥ 0.8."""
-    card = json.loads((COMMITTED / "card.json").read_text())
-    assert (COMMITTED / "model.safetensors").stat().st_size == card["bytes"] <= 10e6
-    overrides = [f"stage.init_from={COMMITTED}", f"data.text_tokenizer={COMMITTED / 'tokenizer'}"]
-    cfg = compose("tiny_tokenizer", [f"data.shard_dir={shard_dir}", "data.num_workers=0", *overrides])
+    card = json.loads((TINY_TOKENIZER / "card.json").read_text())
+    assert (TINY_TOKENIZER / "model.safetensors").stat().st_size == card["bytes"] <= 10e6
+    cfg = compose("tiny_tokenizer", [f"data.shard_dir={shard_dir}", "data.num_workers=0", *FROM_TINY_TOKENIZER])
     figures = measure(build_stage(cfg), num_scenes=64)
     stated = card["figures"]
     assert abs(figures["psnr_decoder_t1"] - stated["psnr_decoder_t1"]) < 1.5 and figures["psnr_decoder_t1"] >= 26

@@ -20,16 +20,14 @@ from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit
 from cheers_pl.optim import build_optimizer
 from cheers_pl.stage import build_stage
-
-TOKENIZER = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_tokenizer"
-FROM_TOKENIZER = [f"stage.init_from={TOKENIZER}", f"data.text_tokenizer={TOKENIZER / 'tokenizer'}"]
+from tests._models import FROM_TINY_TOKENIZER
 
 # (experiment, overrides, steps, loss key, band). Measured at batch 16 (first loss → mean of the last five):
 #   tiny_tokenizer  vae_l1 0.812 → 0.098;  tiny_align  lm 6.26 → 0.20;  tiny_generation  flow 2.11 → 1.66
 BANDS = [
     ("tiny_tokenizer", ["stage.init_from=null"], 60, "loss_vae_l1", 0.15),
-    ("tiny_align", FROM_TOKENIZER, 100, "loss_lm", 0.5),
-    ("tiny_generation", FROM_TOKENIZER, 100, "loss_flow", 1.85),
+    ("tiny_align", FROM_TINY_TOKENIZER, 100, "loss_lm", 0.5),
+    ("tiny_generation", FROM_TINY_TOKENIZER, 100, "loss_flow", 1.85),
 ]
 
 
@@ -75,7 +73,7 @@ def test_loss_falls_below_its_band(shard_dir, experiment, overrides, steps, key,
 def test_binding_overfit_uses_the_image(shard_dir) -> None:
     """1b: the same questions of different images; only the image can tell the answers apart."""
     torch.manual_seed(0)
-    _, stage = _stage(shard_dir, "tiny_align", FROM_TOKENIZER)
+    _, stage = _stage(shard_dir, "tiny_align", FROM_TINY_TOKENIZER)
     out = run_binding(stage, SyntheticConfig(), steps=120, lr=2e-3, every=40)
     print({k: out[k] for k in ("chance",)}, out["image"]["curve"], out["blank"]["curve"])
     assert out["image"]["final"] >= 0.98, out["image"]
@@ -86,7 +84,7 @@ def test_binding_overfit_uses_the_image(shard_dir) -> None:
 def test_flow_overfit_parses_back(shard_dir) -> None:
     """1c: two fitted prompt → scene pairs come back from the stage's sampler as their scenes (shape, colour, count)."""
     torch.manual_seed(0)
-    _, stage = _stage(shard_dir, "tiny_generation", FROM_TOKENIZER)
+    _, stage = _stage(shard_dir, "tiny_generation", FROM_TINY_TOKENIZER)
     out = run_flow_overfit(stage, SyntheticConfig(), steps=1000, lr=2e-3, every=100, num=2)
     print(out["curve"], out["per_scene"])  # measured: both scenes parse back at step 700 (≈ 35 s)
     assert out["reached_at_step"] is not None and out["final"] == 1.0, out

@@ -67,11 +67,11 @@ def noise_recoverability(
 ) -> dict[str, dict[str, float]]:
     """Per t: R² of the noise x0 from the detail residual S(D(z_t)), from z_t itself, and from both (module doc)."""
     generator = torch.Generator().manual_seed(seed)
+    latents = [vision.encode(images_B3HW[start : start + 64]) for start in range(0, len(images_B3HW), 64)]  # B,P,h,w
     out = {}
     for t in ts:
         detail, noisy, noise = [], [], []
-        for start in range(0, len(images_B3HW), 64):
-            x1 = vision.encode(images_B3HW[start : start + 64])  # B,P,h,w
+        for x1 in latents:
             x0 = torch.randn(x1.shape, generator=generator).to(x1)
             z_t = t * x1 + (1 - t) * x0
             detail.append(vision.features(z_t).detail.flatten(0, 1))  # (B·h·w),C on the latent grid

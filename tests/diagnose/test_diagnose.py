@@ -13,15 +13,13 @@ from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.run import DiagnoseArgs
 from cheers_pl.stage import build_stage
-
-TOKENIZER = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_tokenizer"
+from tests._models import FROM_TINY_TOKENIZER
 
 
 @pytest.fixture(scope="module")
 def tokenizer_ckpt(shard_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tokenizer-stage checkpoint holding the committed tiny tokenizer's weights."""
-    overrides = [f"data.text_tokenizer={TOKENIZER / 'tokenizer'}", f"stage.init_from={TOKENIZER}"]
-    cfg = compose("tiny_tokenizer", [f"data.shard_dir={shard_dir}", "data.num_workers=0", *overrides])
+    cfg = compose("tiny_tokenizer", [f"data.shard_dir={shard_dir}", "data.num_workers=0", *FROM_TINY_TOKENIZER])
     stage = build_stage(cfg)
     path = tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
@@ -62,7 +60,7 @@ def test_cli_profile_part_writes_both_reports(tokenizer_ckpt: Path, tmp_path: Pa
     shares = entry["cold"]["share"]
     assert abs(sum(shares.values()) - 1.0) < 0.02, shares
     assert all(shares.get(k, 0) > 0 for k in ("vae_encode", "pixel_decoder", "semantic_encoder", "llm", "flow_head"))
-    assert "vae_encode" in shares and "vae_encode" not in entry["warm"]["share"]  # every latent came from the cache
+    assert "vae_encode" not in entry["warm"]["share"]  # every latent came from the cache
     assert "1d Where the time" in (out_dir / "diagnose.md").read_text()
 
 
