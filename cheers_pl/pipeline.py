@@ -164,7 +164,9 @@ class CheersPipeline:
     def _guided(self, batch: Padded, guided: bool, unconditional: str | None) -> Padded:
         if not guided:
             return batch
-        doubled = Padded(*(torch.cat([getattr(batch, f.name)] * 2) for f in fields(Padded)))
+        doubled = Padded(
+            *(None if (v := getattr(batch, f.name)) is None else torch.cat([v] * 2) for f in fields(Padded))
+        )
         doubled.input_ids = torch.cat([batch.input_ids, self.unconditional_ids(batch, unconditional)])
         return doubled
 

@@ -43,6 +43,8 @@ class Batch:
     meta: list[dict]
     events: dict[str, int]  # data events in the workers since the previous batch: "skip/<reason>", "convert/<mode>"
     cursor: tuple[int, ...] | None = None  # training streams: where the producing worker resumes after this batch
+    # B×L long packed continuations (`cheers_pl.model.attention_mask`): 0 = shared prefix; None when no row packs
+    segment_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -57,10 +59,11 @@ class Padded:
     pad_mask: torch.Tensor  # True for real tokens
     block_ids: torch.Tensor
     prompt_mask: torch.Tensor
+    segment_ids: torch.Tensor | None = None  # None when no sequence is packed
 
     def to(self, device: torch.device | str | None) -> "Padded":
         """The same fields on `device`."""
-        return Padded(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return Padded(*(None if (v := getattr(self, f.name)) is None else v.to(device) for f in fields(self)))
 
 
 def left_pad(seqs: list[Sequence], pad_id: int) -> Padded:
@@ -76,6 +79,8 @@ def left_pad(seqs: list[Sequence], pad_id: int) -> Padded:
         block_ids=torch.zeros(size, length, dtype=torch.long),
         prompt_mask=torch.zeros(size, length, dtype=torch.bool),
     )
+    if any(s.segment_ids for s in seqs):
+        out.segment_ids = torch.zeros(size, length, dtype=torch.long)
     for row, seq in enumerate(seqs):
         start = length - len(seq)
         out.input_ids[row, start:] = torch.tensor(seq.input_ids, dtype=torch.long)
@@ -83,6 +88,8 @@ def left_pad(seqs: list[Sequence], pad_id: int) -> Padded:
         out.pad_mask[row, start:] = True
         out.block_ids[row, start:] = torch.tensor(seq.block_ids, dtype=torch.long)
         out.prompt_mask[row, start:] = torch.tensor(seq.prompt_mask, dtype=torch.bool)
+        if seq.segment_ids:
+            out.segment_ids[row, start:] = torch.tensor(seq.segment_ids, dtype=torch.long)
     return out
 
 
@@ -104,4 +111,5 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         meta=[e.meta for e in examples],
         events=dict(events),
         cursor=examples[-1].cursor,  # a DataLoader worker makes whole batches: the last example is the latest
+        segment_ids=padded.segment_ids,
     )

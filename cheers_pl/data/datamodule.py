@@ -58,6 +58,11 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 500  # training: samples per shuffle window
     max_seq_len: int = 128  # longer examples are skipped and counted (skip/too_long)
+    # understanding rows: up to this many of an image's questions (its caption request included), each its own
+    # segment after one shared image prefix (`SequenceBuilder.understanding_packed`: every answer sees only the image
+    # and its own question); 1 = one question drawn per image, the plain chat sequence
+    qa_per_example: int = 1
+    pack_caption: bool = False  # packed rows always hold the caption request (the densest answer) among their questions
     max_consecutive_skips: int = 1000  # a stream skipping this many samples in a row is an error, not an endless loop
     task_weights: TaskWeights = field(default_factory=TaskWeights)
     # chat template, label rule and image padding (native by default; the released ones: system_prompt="You are a
@@ -78,6 +83,7 @@ class DataConfig:
             "eval_batch_size",
             "max_seq_len",
             "max_consecutive_skips",
+            "qa_per_example",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -149,7 +155,14 @@ class CheersDataModule(L.LightningDataModule):
     def factory(self) -> ExampleFactory:
         self.setup()
         builder = SequenceBuilder(self.text_tokenizer, self.cfg.num_image_tokens, self.cfg.processing)
-        return ExampleFactory(builder, self.cfg.image_size, self.cfg.task_weights, self.cfg.max_seq_len)
+        return ExampleFactory(
+            builder,
+            self.cfg.image_size,
+            self.cfg.task_weights,
+            self.cfg.max_seq_len,
+            self.cfg.qa_per_example,
+            self.cfg.pack_caption,
+        )
 
     def dataset(self, split: str) -> ExampleStream:
         """The `Example` stream of a split for this rank (training is resampled and infinite)."""

@@ -4,6 +4,11 @@ Sequence layout (ChatML turns, DESIGN.md §1.2); `N` image positions per image b
 - understanding: user `<im_start><image>×N<im_end>\\n{question}`, assistant `{answer}<|im_end|>`
 - generation:    user `{caption}`, assistant `<im_start><image_gen>×N<im_end><|im_end|>`
 - text-only:     user `{prompt}`, assistant `{answer}<|im_end|>`
+- packed understanding (training): the understanding prefix up to the image block once, then several
+  `\n{question}<|im_end|>` + assistant `{answer}<|im_end|>` continuations, each its own segment (`segment_ids`
+  k > 0): under the segment mask (`cheers_pl.model.attention_mask`) every answer sees the image and its own question
+  only, at the positions of the single-question sequence, so one row trains k questions about one image for one
+  vision pass.
 Labels (aligned with the ids; the loss shifts them) are set on assistant tokens only. Image positions are never
 targets, nor is the `<im_end>` that follows them (it would be predicted from an image position); `<im_start>` is a
 target, which teaches the LM to switch to image mode.
@@ -137,6 +142,7 @@ class Sequence:
     labels: list[int]
     block_ids: list[int]
     prompt_mask: list[bool]  # user-prompt text tokens: replaced by `<no_mean>` for classifier-free guidance
+    segment_ids: list[int] = field(default_factory=list)  # packed continuations (k > 0); empty = one segment
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -180,15 +186,22 @@ class SequenceBuilder:
             return token
         return IGNORE_INDEX
 
-    def _assemble(self, parts: list[tuple[list[int], str]]) -> Sequence:
+    def _assemble(
+        self, parts: list[tuple[list[int], str]], segment: int | None = None, seq: Sequence | None = None
+    ) -> Sequence:
         """Concatenates (ids, kind) parts; kind ∈ {ctx, prompt, target, image, image_end, assistant} (`assistant`:
-        the assistant turn's header and closing newline, targets under the official label rule only)."""
-        seq = Sequence([], [], [], [])
+        the assistant turn's header and closing newline, targets under the official label rule only).
+
+        Packed rows: `segment` labels the parts (0 = shared prefix, k > 0 = continuation k) and `seq` is the row
+        they are appended to."""
+        seq = Sequence([], [], [], []) if seq is None else seq
         for ids, kind in parts:
             seq.input_ids += ids
             seq.labels += [self._label(t, kind) for t in ids]
             seq.block_ids += [1 if kind == "image" else 0] * len(ids)
             seq.prompt_mask += [kind == "prompt"] * len(ids)
+            if segment is not None:
+                seq.segment_ids += [segment] * len(ids)
         return seq
 
     def _system_parts(self) -> list[tuple[list[int], str]]:
@@ -201,15 +214,22 @@ class SequenceBuilder:
         block = self._image_block(slot)
         return [([block[0]], "target" if as_target else "ctx"), (block[1:-1], "image"), ([block[-1]], "image_end")]
 
-    def _understanding_parts(self, question: str) -> list[tuple[list[int], str]]:
+    def _understanding_prefix(self) -> list[tuple[list[int], str]]:
         return [
             *self._system_parts(),
             (self._turn_open("user"), "ctx"),
             *self._image_parts(IMAGE_TOKEN, as_target=False),
+        ]
+
+    def _question_parts(self, question: str) -> list[tuple[list[int], str]]:
+        return [
             (self._text("\n" + question), "prompt"),
             ([self.ids[TURN_END], *self._text("\n")], "ctx"),
             (self._turn_open("assistant"), "assistant"),
         ]
+
+    def _understanding_parts(self, question: str) -> list[tuple[list[int], str]]:
+        return [*self._understanding_prefix(), *self._question_parts(question)]
 
     def _generation_parts(self, caption: str) -> list[tuple[list[int], str]]:
         return [
@@ -227,6 +247,21 @@ class SequenceBuilder:
     def understanding(self, question: str, answer: str) -> Sequence:
         """Image + question → answer; the image block sits before the question in the user turn."""
         return self._assemble([*self._understanding_parts(question), *self._answer_parts(answer)])
+
+    def understanding_packed(self, qa: list[tuple[str, str]], max_len: int | None = None) -> Sequence:
+        """Several (question, answer) pairs about one image in one row: the shared prefix (up to the image block),
+        then one segment per pair, each equal to the tail of `understanding(question, answer)` (see the module
+        docstring). Pairs that would take the row beyond `max_len` tokens are left out (at least one is kept).
+        """
+        if not qa:
+            raise ValueError("understanding_packed needs at least one (question, answer) pair")
+        seq = self._assemble(self._understanding_prefix(), segment=0)
+        for k, (question, answer) in enumerate(qa, start=1):
+            parts = [*self._question_parts(question), *self._answer_parts(answer)]
+            if k > 1 and max_len is not None and len(seq) + sum(len(ids) for ids, _ in parts) > max_len:
+                break
+            self._assemble(parts, segment=k, seq=seq)
+        return seq
 
     def generation(self, caption: str) -> Sequence:
         """Caption → image; `<im_start>` and the closing `<|im_end|>` are targets, the image block is not."""

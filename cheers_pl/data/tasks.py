@@ -87,6 +87,8 @@ class ExampleFactory:
     image_size: int
     weights: TaskWeights
     max_seq_len: int
+    qa_per_example: int = 1  # understanding: questions packed per image row (`DataConfig.qa_per_example`)
+    pack_caption: bool = False  # packed rows always include the caption request (`DataConfig.pack_caption`)
 
     def _image(self, data: bytes, task: int, counter: EventCounter) -> torch.Tensor:
         try:
@@ -111,13 +113,25 @@ class ExampleFactory:
             task = rng.choices((TASK_UNDERSTANDING, TASK_GENERATION, TASK_TEXT), weights=self.weights.as_tuple())[0]
         qa = [q for q in meta.get("qa", []) if isinstance(q, dict) and "question" in q and "answer" in q]
         info = {"caption": caption, "task": TASK_NAMES[task]}
+        if task != TASK_TEXT and isinstance(meta.get("scene"), dict):
+            info["scene"] = meta["scene"]  # synthetic shards: the exact scene (token-attribute labels)
         if task == TASK_GENERATION:
             captions = [c for c in meta.get("captions", []) if isinstance(c, str) and c] or [caption]
             prompt = rng.choice(captions)
             sequence, info["caption"] = self.builder.generation(prompt), prompt
         elif task == TASK_UNDERSTANDING:
-            q = rng.choice([*qa, {"question": CAPTION_QUESTION, "answer": caption, "category": "caption"}])
-            sequence = self.builder.understanding(q["question"], str(q["answer"]))
+            pool = [*qa, {"question": CAPTION_QUESTION, "answer": caption, "category": "caption"}]
+            if self.qa_per_example == 1:
+                q = rng.choice(pool)
+                sequence = self.builder.understanding(q["question"], str(q["answer"]))
+            else:
+                if self.pack_caption:
+                    picked = [pool[-1], *rng.sample(pool[:-1], min(self.qa_per_example - 1, len(pool) - 1))]
+                    rng.shuffle(picked)
+                else:
+                    picked = rng.sample(pool, min(self.qa_per_example, len(pool)))
+                pairs = [(p["question"], str(p["answer"])) for p in picked]
+                sequence, q = self.builder.understanding_packed(pairs, max_len=self.max_seq_len), picked[0]
             info.update(question=q["question"], answer=str(q["answer"]), category=q.get("category", "other"))
         else:
             if qa:

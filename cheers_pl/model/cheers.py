@@ -26,6 +26,7 @@ from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
 from cheers_pl.model.weights import config_from_dict, load_weights, parameters_on_meta, read_config, save_weights
+from cheers_pl.objective.flow_matching import velocity_from_prediction
 
 
 @dataclass
@@ -99,6 +100,7 @@ class CheersOutput:
 
     logits: torch.Tensor  # B×L×V
     velocity: torch.Tensor  # R×P×h×w predicted v = x1 − x0 of the image rows, in row order (R may be 0)
+    # (with flow_head.prediction="data" the head predicts x1 and this is its velocity (x̂1 − z_t) / (1 − t))
     rows: torch.Tensor  # R long: the rows that hold an image block
     gates: torch.Tensor | None = None  # R×M HFI gate values when `return_gates`
 
@@ -199,6 +201,7 @@ class CheersModel(nn.Module):
         z_t: torch.Tensor | None,
         t: torch.Tensor | None,
         return_gates: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> CheersOutput:
         """One pass over interleaved, left-padded sequences: logits of every row and velocity of the image rows.
 
@@ -214,6 +217,7 @@ class CheersModel(nn.Module):
             z_t: R×P×h×w normalised latents of the image rows in row order (None when no row has a block).
             t: R flow times of those latents (t = 1 is data).
             return_gates: Also return the HFI gate values.
+            segment_ids: B×L long packed continuations (`cheers_pl.model.attention_mask`), or None.
 
         Returns:
             `CheersOutput`: logits B×L×V, velocity R×P×h×w, rows R, gates R×M or None.
@@ -227,7 +231,17 @@ class CheersModel(nn.Module):
         tokens_RND = detail_RMC = None
         if R:
             tokens_RND, detail_RMC = self.vision(z_t)
-        return self.forward_tokens(input_ids, pad_mask, block_ids, tokens_RND, t, detail_RMC, return_gates=return_gates)
+        return self.forward_tokens(
+            input_ids,
+            pad_mask,
+            block_ids,
+            tokens_RND,
+            t,
+            detail_RMC,
+            return_gates=return_gates,
+            segment_ids=segment_ids,
+            z_t_F=z_t,
+        )
 
     def forward_tokens(
         self,
@@ -239,6 +253,8 @@ class CheersModel(nn.Module):
         detail_FMC: torch.Tensor | None,
         flow_rows_F: torch.Tensor | None = None,
         return_gates: bool = False,
+        segment_ids: torch.Tensor | None = None,
+        z_t_F: torch.Tensor | None = None,
     ) -> CheersOutput:
         """`forward` after the vision tokenizer: the LLM on given image tokens, the flow head on chosen image rows.
 
@@ -250,6 +266,9 @@ class CheersModel(nn.Module):
             t_F: Flow times of the F rows that go through the flow head.
             detail_FMC: Their detail residuals S(D(z_t)).
             flow_rows_F: Long indices into the R image rows of those F rows (default: all R rows).
+            segment_ids: B×L long packed continuations, or None (see `forward`).
+            z_t_F: The F latents the flow rows were tokenised from; needed by `flow_head.prediction="data"`, whose
+                output becomes the velocity `(x̂1 − z_t) / (1 − t)` here.
 
         Returns:
             `CheersOutput` with velocity F×P×h×w and `rows` the F batch rows it belongs to.
@@ -260,7 +279,8 @@ class CheersModel(nn.Module):
         if F and (t_F is None or t_F.shape != (F,)):
             raise ValueError(f"t must have shape ({F},), got {None if t_F is None else tuple(t_F.shape)}")
         embeds_BLD = self.embed(input_ids, block_ids, image_tokens_RND)
-        out = self.llm(embeds_BLD, block_causal_mask(block_ids, pad_mask), positions_from_padding(pad_mask))
+        mask = block_causal_mask(block_ids, pad_mask, segment_ids_BL=segment_ids)
+        out = self.llm(embeds_BLD, mask, positions_from_padding(pad_mask, segment_ids))
         h, w = self.vision.semantic_grid_hw
         if not F:
             velocity = embeds_BLD.new_zeros(0, self.vision.latent_dim, h, w)
@@ -270,7 +290,18 @@ class CheersModel(nn.Module):
         hidden_FND = out.hidden_BLD[flow_R[:, None], cols_FN]
         grid = self.vision.grid_hw
         v_F, gate_FM = self.flow_head(hidden_FND, t_F.to(detail_FMC.dtype), detail_FMC, grid, return_gate=True)
+        v_F = self.velocity(v_F, z_t_F, t_F)
         return CheersOutput(out.logits_BLV, v_F, flow_R, gate_FM if return_gates else None)
+
+    def velocity(self, head_out: torch.Tensor, z_t: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
+        """The velocity the flow head's output stands for (`flow_head.prediction`); z_t is needed for "data"."""
+        prediction = self.cfg.flow_head.prediction
+        if prediction != "velocity" and (z_t is None or z_t.shape != head_out.shape):
+            got = None if z_t is None else tuple(z_t.shape)
+            raise ValueError(
+                f"flow_head.prediction={prediction!r} needs z_t of shape {tuple(head_out.shape)}, got {got}"
+            )
+        return velocity_from_prediction(head_out, z_t, t, prediction)
 
     @torch.no_grad()
     def answer_ids(

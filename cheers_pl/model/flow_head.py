@@ -35,6 +35,7 @@ from torch import nn
 from cheers_pl.model.layers import AdaLNZero, Attention, RMSNorm, RotaryEmbedding1D, SwiGLU, TimestepEmbedder
 from cheers_pl.model.layers.adaln import modulate
 from cheers_pl.model.projectors import shuffle_tokens
+from cheers_pl.objective.flow_matching import PREDICTIONS
 
 INJECTIONS = ("gated", "off", "constant")
 ROPE_POSITIONS = ("raster", "half_twice")  # 0..M−1 | 0..M/2−1 twice (the released code's stage 2)
@@ -65,6 +66,9 @@ class FlowHeadConfig:
     qkv_bias: bool = True  # released checkpoint: False
     norm_weights: bool = False  # learnt RMSNorm weights in the DiT blocks and final layers (released: True)
     modulation_dtype: str = "input"  # "input" | "float32": dtype of the adaLN affine map (released: "float32")
+    # what the final layer predicts: "velocity" v = x1 − x0 (the paper) or "data" x1, turned into the velocity
+    # (x̂1 − z_t) / (1 − t) by the model (`cheers_pl.objective.flow_matching.velocity_from_prediction`)
+    prediction: str = "velocity"
     injection: str = "gated"  # "gated" | "off" | "constant"
     constant_gate: float = 1.0  # g for injection="constant"
     norm_eps: float = 1e-6
@@ -99,6 +103,8 @@ class FlowHeadConfig:
             raise ValueError(f"FlowHeadConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.injection not in INJECTIONS:
             raise ValueError(f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"FlowHeadConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("rope_theta", "norm_eps", "hfi_norm_eps", "time_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"FlowHeadConfig.{name} must be > 0, got {getattr(self, name)}")

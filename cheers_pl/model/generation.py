@@ -119,10 +119,10 @@ class PromptVelocity:
         else:
             tokens_KND, detail_KMC = vision(z_t_KPhw)
         hidden_KND = self._image_hidden(tokens_KND)
-        v_KPhw, gate_KM = self.model.flow_head(hidden_KND, t_K, detail_KMC, vision.grid_hw, return_gate=True)
+        out_KPhw, gate_KM = self.model.flow_head(hidden_KND, t_K, detail_KMC, vision.grid_hw, return_gate=True)
         if self.record_gates is not None:
             self.record_gates.append(gate_KM[: self.num_prompts].detach())
-        return v_KPhw
+        return self.model.velocity(out_KPhw, z_t_KPhw, t_K)
 
     @torch.no_grad()
     def __call__(self, z_t_BPhw: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """Rectified-flow training objective: noise, time sampling, the linear path, target velocity and loss.
 
 Convention (DESIGN.md): `x_t = t·x1 + (1−t)·x0` with x1 data and x0 Gaussian noise, t = 1 is data, and the
-network predicts the velocity `v = x1 − x0`. Pure functions, no parameters (R3). `training_losses` is the one place
+network predicts the velocity `v = x1 − x0`, or (`prediction="data"`) the clean data x1, turned into the velocity
+`v̂ = (x̂1 − x_t) / (1 − t)` before the loss and the sampler see it (`velocity_from_prediction`): the loss stays the
+velocity MSE, but the network need not know the noise, only what the image will be (Li & He, "Back to Basics: Let
+Denoising Generative Models Denoise", 2025). With a pixel decoder that maps z_t to clean-looking pixels, the noise is
+hard to see through the tokenizer. Pure functions, no parameters (R3). `training_losses` is the one place
 the process meets the network (in the spirit of DiT's `training_losses(model, x_start, t)`): it draws the noise,
 builds `x_t`, calls the network as a function of `(x_t, t)` and scores its velocity; every stage trains through it.
 
@@ -22,6 +26,9 @@ import torch
 from cheers_pl.objective.sampling import warp_time
 
 T_SAMPLINGS = ("uniform", "logit_normal")
+PREDICTIONS = ("velocity", "data")  # what the network's output means
+# 1 − t is clamped at this value when a data prediction becomes a velocity (the division blows up at t = 1; JiT: 0.05)
+DATA_PREDICTION_MIN_GAP = 0.05
 
 
 @dataclass
@@ -78,6 +85,23 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t_B: torch.Tensor) -> torch.
     """`x_t = t·x1 + (1−t)·x0`; `t_B` is per sample (B,) or a scalar."""
     t = _expand(t_B, x1)
     return t * x1 + (1 - t) * x0
+
+
+def velocity_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, t_B: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The velocity a network output stands for: itself (`"velocity"`) or `(x̂1 − x_t) / max(1 − t, gap)` (`"data"`).
+
+    Args:
+        pred: The network output (B, ...).
+        x_t: The input it saw (B, ...).
+        t_B: Its flow times (B,).
+        prediction: A `PREDICTIONS` value.
+    """
+    if prediction == "velocity":
+        return pred
+    if prediction != "data":
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    gap = (1 - _expand(t_B, pred)).clamp_min(DATA_PREDICTION_MIN_GAP)
+    return (pred - x_t.to(pred.dtype)) / gap
 
 
 def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 While a module is frozen its output for a given input never changes during a run: the VAE latent x1 of a training
 image, and — while the pixel decoder D and the semantic encoder are frozen — the semantic tokens encoder(D(x1)) of
-a clean understanding image. `FrozenCache` keeps them on the CPU keyed by `<sample key>/<task>` (the image
+a clean understanding image, or, while only D is frozen, the decoded pixels D(x1) of that image (the encoder then
+trains on them). `FrozenCache` keeps them on the CPU keyed by `<sample key>/<task>` (the image
 transform depends on the task), so a sample seen again skips the VAE encoder, D and the encoder. The keys of a
 stream are stable (`Batch.keys`), so a cache is exactly a memo of a pure function of the key.
 """

@@ -74,9 +74,13 @@ class MultimodalStage(StageModule):
         vae_frozen = not any(p.requires_grad for p in vision.vae.parameters())
         semantic_modules = [m for m in (vision.pixel_decoder, vision.latent_embed, vision.encoder) if m is not None]
         self.semantic_frozen = not any(p.requires_grad for m in semantic_modules for p in m.parameters())
+        decoder = vision.pixel_decoder
+        self.decoder_frozen = decoder is not None and not any(p.requires_grad for p in decoder.parameters())
         on, cap = self.stage_cfg.cache_frozen, self.stage_cfg.cache_max_items
         self.latent_cache = FrozenCache(on and vae_frozen, cap)
         self.semantic_cache = FrozenCache(on and vae_frozen and self.semantic_frozen, cap)
+        # while only D is frozen (the encoder trains): D(x1) of clean understanding images
+        self.decoded_cache = FrozenCache(on and vae_frozen and self.decoder_frozen and not self.semantic_frozen, cap)
 
     def _restrict_embedding_grad(self, new_ids: list[int]) -> None:
         """Masks the embedding gradient so only the rows of the added Cheers tokens move (paper: align stage)."""
@@ -121,7 +125,7 @@ class MultimodalStage(StageModule):
         rows_R = model.image_positions(batch.block_ids)[0]
         keys_R = self._row_keys(batch, rows_R)
         if not rows_R.numel():  # text-only batch: no vision pass, a zero flow loss
-            out = model(input_ids, batch.pad_mask, batch.block_ids, None, None)
+            out = model(input_ids, batch.pad_mask, batch.block_ids, None, None, segment_ids=batch.segment_ids)
             return self._total(out.logits, batch.labels, out.velocity.sum())
         x1_R = self.latent_cache(keys_R, lambda i: vision.encode(batch.images[rows_R[i]]), self.device)
         is_gen_R = batch.task[rows_R] == TASK_GENERATION
@@ -132,9 +136,16 @@ class MultimodalStage(StageModule):
             # every module each step (FSDP all-gathers per unit; a rank that skipped the head would hang the others)
             gen_G, weight_G = und_U[:1], x1_R.new_zeros(1)
 
+        def clean_decoded(i: list[int]) -> torch.Tensor:
+            with torch.no_grad():
+                return vision.decode_pixels(x1_R[und_U[i]])
+
         def clean_semantic(i: list[int]) -> torch.Tensor:
+            decoded = None
+            if self.decoded_cache.enabled:
+                decoded = self.decoded_cache([keys_R[und_U[j]] for j in i], clean_decoded, self.device)
             with self._semantic_context():
-                return vision.features(x1_R[und_U[i]]).semantic
+                return vision.features(x1_R[und_U[i]], decoded=decoded).semantic
 
         semantic_U = None
         if und_U.numel():
@@ -151,7 +162,17 @@ class MultimodalStage(StageModule):
             if semantic_U is not None:
                 semantic_R = semantic_R.index_copy(0, und_U, semantic_U.to(semantic_R.dtype))
             tokens_R = vision.compress(semantic_R)
-            return model.forward_tokens(input_ids, batch.pad_mask, batch.block_ids, tokens_R, t_G, detail_G, gen_G)
+            return model.forward_tokens(
+                input_ids,
+                batch.pad_mask,
+                batch.block_ids,
+                tokens_R,
+                t_G,
+                detail_G,
+                gen_G,
+                segment_ids=batch.segment_ids,
+                z_t_F=z_t_G,
+            )
 
         x0_G = None if x0 is None else x0[rows_R[gen_G]]
         flow = training_losses(network, x1_R[gen_G], t_B[rows_R[gen_G]], weight_G, x0=x0_G)
@@ -166,7 +187,7 @@ class MultimodalStage(StageModule):
         is_gen_R = (batch.task[rows_R] == TASK_GENERATION).float()
 
         def network(z_t_R: torch.Tensor, t_R: torch.Tensor) -> Any:
-            return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R)
+            return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R, segment_ids=batch.segment_ids)
 
         x0_R = None if x0 is None else x0[rows_R]
         flow = training_losses(network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True)

@@ -210,3 +210,23 @@ def test_black_padding_option() -> None:
         ProcessingConfig(pad_fill="white")
     with pytest.raises(ValueError, match="label_rule"):
         ProcessingConfig(label_rule="everything")
+
+
+def test_packed_understanding_segments_are_the_single_question_tails(builder: SequenceBuilder) -> None:
+    qa = [("how many objects?", "two"), ("describe the image", "a red circle"), ("what color?", "red")]
+    packed = builder.understanding_packed(qa)
+    prefix = builder._assemble(builder._understanding_prefix())
+    assert packed.input_ids[: len(prefix)] == prefix.input_ids and set(packed.segment_ids[: len(prefix)]) == {0}
+    for k, (q, a) in enumerate(qa, start=1):
+        single = builder.understanding(q, a)
+        cols = [i for i, s in enumerate(packed.segment_ids) if s == k]
+        assert cols == list(range(cols[0], cols[-1] + 1))  # one contiguous segment per pair
+        tail = slice(len(prefix), None)
+        assert [packed.input_ids[i] for i in cols] == single.input_ids[tail]
+        assert [packed.labels[i] for i in cols] == single.labels[tail]
+        assert [packed.prompt_mask[i] for i in cols] == single.prompt_mask[tail]
+    # pairs beyond max_len are left out, the first is always kept
+    one = builder.understanding_packed(qa, max_len=len(builder.understanding(*qa[0])) + 1)
+    assert max(one.segment_ids) == 1 and one.input_ids == builder.understanding(*qa[0]).input_ids
+    with pytest.raises(ValueError, match="at least one"):
+        builder.understanding_packed([])

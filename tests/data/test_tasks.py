@@ -39,3 +39,29 @@ def test_official_processing_reaches_examples(qwen_tokenizer) -> None:
     native = ExampleFactory(SequenceBuilder(qwen_tokenizer, 4), 16, TaskWeights(), max_seq_len=128)
     und_native = native(_raw(), random.Random(0), EventCounter(), task=TASK_UNDERSTANDING)
     assert torch.all(und_native.image[:, 0] == 0.0) and und_native.sequence.labels[0] == IGNORE_INDEX
+
+
+def _raw_qa(n: int) -> dict:
+    raw = _raw()
+    meta = {"qa": [{"question": f"question {i}?", "answer": f"answer{i}", "category": "count"} for i in range(n)],
+            "scene": {"image_size": 64, "objects": []}}  # fmt: skip
+    raw["json"] = json.dumps(meta).encode()
+    return raw
+
+
+def test_packed_understanding_rows_hold_several_questions_and_the_caption_when_asked(qwen_tokenizer) -> None:
+    builder = SequenceBuilder(qwen_tokenizer, 4)
+    packed = ExampleFactory(builder, 16, TaskWeights(), max_seq_len=512, qa_per_example=3)
+    ex = packed(_raw_qa(5), random.Random(0), EventCounter(), task=TASK_UNDERSTANDING)
+    assert max(ex.sequence.segment_ids) == 3 and ex.meta["question"] in qwen_tokenizer.decode(ex.sequence.input_ids)
+    assert ex.meta["scene"] == {"image_size": 64, "objects": []}  # the scene travels for token-attribute labels
+    with_caption = ExampleFactory(builder, 16, TaskWeights(), max_seq_len=512, qa_per_example=2, pack_caption=True)
+    for seed in range(5):
+        ex = with_caption(_raw_qa(5), random.Random(seed), EventCounter(), task=TASK_UNDERSTANDING)
+        text = qwen_tokenizer.decode(ex.sequence.input_ids)
+        assert "Describe the image." in text and "a white box" in text and max(ex.sequence.segment_ids) == 2
+    single = ExampleFactory(builder, 16, TaskWeights(), max_seq_len=512)
+    assert not single(_raw_qa(5), random.Random(0), EventCounter(), task=TASK_UNDERSTANDING).sequence.segment_ids
+    # a row that would grow past max_seq_len keeps fewer questions, never fewer than one
+    short = ExampleFactory(builder, 16, TaskWeights(), max_seq_len=48, qa_per_example=5)
+    assert max(short(_raw_qa(5), random.Random(0), EventCounter(), task=TASK_UNDERSTANDING).sequence.segment_ids) < 5

@@ -80,3 +80,19 @@ def test_bad_inputs_raise() -> None:
         block_causal_mask(BLOCK_IDS, PAD_MASK, query_offset=9, num_queries=2)
     with pytest.raises(ValueError, match="pad_mask_BL"):
         positions_from_padding(PAD_MASK.long())
+
+
+def test_segments_see_the_prefix_and_themselves_at_single_sequence_positions() -> None:
+    """Row: 1 pad, prefix of 3 (image block at columns 2..3), segment 1 of 2 tokens, segment 2 of 3 tokens."""
+    pad = torch.tensor([[False, True, True, True, True, True, True, True, True]])
+    blocks = torch.tensor([[0, 0, 1, 1, 0, 0, 0, 0, 0]])
+    segments = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2, 2]])
+    m = block_causal_mask(blocks, pad, segment_ids_BL=segments)[0, 0]
+    assert m[5, 1:6].all() and not m[5, 6:].any()  # segment 1 sees the prefix and itself
+    assert m[8, 1:4].all() and not m[8, 4:6].any() and m[8, 6:9].all()  # segment 2 skips segment 1
+    assert m[2, 3] and not m[2, 4]  # the image block stays bidirectional, the prefix never sees a segment
+    pos = positions_from_padding(pad, segments)[0].tolist()
+    assert pos == [0, 0, 1, 2, 3, 4, 3, 4, 5]
+    assert positions_from_padding(pad, torch.zeros_like(segments)).tolist() == positions_from_padding(pad).tolist()
+    with pytest.raises(ValueError, match="segment_ids_BL"):
+        block_causal_mask(blocks, pad, segment_ids_BL=segments[:, :4])

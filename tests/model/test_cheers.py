@@ -180,3 +180,46 @@ def test_full_size_config_in_code_matches_the_yaml_preset() -> None:
     yaml_cfg, code_cfg = flat(asdict(compose("align_1p5b").model)), flat(asdict(full_cheers_config()))
     differ = {k for k in yaml_cfg.keys() | code_cfg.keys() if yaml_cfg.get(k) != code_cfg.get(k)}
     assert differ == {"llm.pretrained", "vision.encoder.pretrained", "vision.vae.pretrained"}
+
+
+def test_packed_questions_get_the_logits_of_single_question_rows(pipe: CheersPipeline, model: CheersModel) -> None:
+    """Under the segment mask every packed answer sees the image and its own question only, at the same positions."""
+    b = pipe.builder
+    qa = [("how many shapes?", "two"), ("what color is the circle?", "red"), ("describe", "a red circle")]
+    singles = left_pad([b.understanding(q, a) for q, a in qa] + [b.understanding_packed(qa)], b.ids["pad"])
+    assert singles.segment_ids is not None and singles.segment_ids[:3].eq(0).all()
+    z1 = model.vision.encode(images(1)).expand(4, -1, -1, -1)
+    with torch.no_grad():
+        out = model(
+            singles.input_ids, singles.pad_mask, singles.block_ids, z1, torch.ones(4), segment_ids=singles.segment_ids
+        )
+    packed_row, prefix_len = 3, int((singles.segment_ids[3] == 0).sum() - (~singles.pad_mask[3]).sum())
+    for k in range(3):
+        cols = (singles.segment_ids[packed_row] == k + 1).nonzero().squeeze(1)
+        single_cols = torch.arange(singles.input_ids.shape[1] - len(cols), singles.input_ids.shape[1])
+        torch.testing.assert_close(out.logits[packed_row, cols], out.logits[k, single_cols], atol=1e-5, rtol=1e-4)
+    assert prefix_len > model.num_image_tokens
+    # without the segment mask the later answers would see the earlier questions: the logits differ
+    with torch.no_grad():
+        plain = model(singles.input_ids[3:], singles.pad_mask[3:], singles.block_ids[3:], z1[:1], torch.ones(1))
+    cols = (singles.segment_ids[packed_row] == 3).nonzero().squeeze(1)
+    assert not torch.allclose(plain.logits[0, cols], out.logits[packed_row, cols], atol=1e-3)
+
+
+def test_data_prediction_turns_the_head_output_into_the_velocity_of_its_latent(pipe: CheersPipeline) -> None:
+    """flow_head.prediction="data": velocity = (x̂1 − z_t)/(1 − t) of the head output, in training and sampling."""
+    import copy
+    from dataclasses import replace
+
+    model = copy.deepcopy(pipe.model)
+    ids, pad, blocks, _ = training_batch(pipe)
+    z_t, t = torch.randn(2, 32, 8, 8), torch.tensor([1.0, 0.3])
+    with torch.no_grad():
+        raw = model(ids, pad, blocks, z_t, t).velocity
+        model.cfg = replace(model.cfg, flow_head=replace(model.cfg.flow_head, prediction="data"))
+        v = model(ids, pad, blocks, z_t, t).velocity
+    torch.testing.assert_close(v[1], (raw[1] - z_t[1]) / 0.7)
+    torch.testing.assert_close(v[0], (raw[0] - z_t[0]) / 0.05)  # 1 − t clamped at t = 1
+    tokens, detail = model.vision(z_t)
+    with pytest.raises(ValueError, match="needs z_t"):
+        model.forward_tokens(ids, pad, blocks, tokens, t, detail)

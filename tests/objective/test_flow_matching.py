@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cheers_pl.objective.flow_matching import (
+    DATA_PREDICTION_MIN_GAP,
     FlowMatchingConfig,
     flow_loss,
     interpolate,
@@ -11,8 +12,9 @@ from cheers_pl.objective.flow_matching import (
     sample_t,
     target_velocity,
     training_losses,
+    velocity_from_prediction,
 )
-from cheers_pl.objective.sampling import warp_time
+from cheers_pl.objective.sampling import euler, time_grid, warp_time
 
 
 def test_path_endpoints_and_midpoint():
@@ -138,3 +140,23 @@ def test_training_losses_noise_is_seeded_and_shapes_are_checked():
         training_losses(net, x1, t[:1])
     empty = training_losses(net, x1[:0], t[:0])  # no image row in the batch: a zero, not NaN
     assert empty.loss == 0 and not empty.loss.isnan()
+
+
+def test_data_prediction_oracle_is_the_true_velocity_and_euler_lands_on_it():
+    """A network that predicts x1 exactly gives the straight-path velocity (zero loss) below the clamp, and one Euler
+    step from any t to 1 lands on x1; "velocity" passes the output through."""
+    x0, x1 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    t = torch.tensor([0.0, 0.3, 0.9, 0.5])
+    x_t = interpolate(x0, x1, t)
+    v = velocity_from_prediction(x1, x_t, t, "data")
+    torch.testing.assert_close(v, target_velocity(x0, x1), atol=1e-5, rtol=1e-5)
+    assert flow_loss(v, x0, x1) < 1e-10
+    torch.testing.assert_close(velocity_from_prediction(x1, x_t, t, "velocity"), x1, rtol=0, atol=0)
+    # near t = 1 the gap is clamped: the velocity stays finite
+    t_end = torch.full((4,), 1.0)
+    assert velocity_from_prediction(x1 + 1, x1, t_end, "data").abs().max() <= 1 / DATA_PREDICTION_MIN_GAP + 1e-4
+    times = time_grid(5, alpha=0.5)
+    out = euler(lambda x, tb: velocity_from_prediction(x1, x, tb, "data"), x0, times)
+    torch.testing.assert_close(out, x1, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        velocity_from_prediction(x1, x_t, t, "noise")

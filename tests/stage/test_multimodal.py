@@ -173,6 +173,16 @@ def test_frozen_cache_reuses_latents_and_semantic_tokens_with_equal_losses(make_
         make_cfg("tiny_align", "stage.cache_frozen=true", "stage.trainable=[model.vision.encoder.*]")
     )
     assert trainable_encoder.latent_cache.enabled and not trainable_encoder.semantic_cache.enabled
+    # while only D is frozen, D(x1) of understanding rows is cached instead: same losses, the encoder still learns
+    assert trainable_encoder.decoded_cache.enabled and not cached.decoded_cache.enabled
+    trainable_encoder.load_state_dict(plain.state_dict())
+    trainable_encoder.eval()
+    for _ in range(2):
+        with torch.no_grad():
+            got = trainable_encoder.losses(batch, batch.input_ids, t, x0=x0)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    assert trainable_encoder.decoded_cache.hits == trainable_encoder.decoded_cache.misses > 0
 
 
 def test_a_batch_without_generation_rows_still_runs_the_flow_head_at_weight_zero(make_cfg) -> None:
