@@ -2,11 +2,14 @@
 
 `python -m cheers_pl export-tokenizer ckpt=runs/recipe/tiny_tokenizer_encoder/checkpoints/last.ckpt
 out_dir=checkpoints/tiny_tokenizer` writes
-    model.safetensors   the `vision.*` (VAE, normaliser statistics, D, encoder, compressor) and `contrastive.*` tensors
+    model.safetensors   the `vision.*` (VAE, normaliser statistics, D, encoder) and `contrastive.*` tensors; not the
+                        token compressor (the tokenizer stage does not train it: the next stage trains it from its own
+                        init) nor the token-attribute heads (pretraining only)
     tokenizer/          the text tokenizer the text tower was trained with
     card.json           provenance (checkpoint hash, experiment, step) and figures measured here on the synthetic
                         world's test scenes: PSNR of the VAE and of D(x1), the scene parser's recovery from D(x1),
-                        image→caption retrieval top-1 among 32
+                        image→caption retrieval top-1 among 32, and (when trained with them) the token-attribute heads'
+                        accuracy on the tokens an object covers
 `stage.init_from=<dir>` reads it (an exported directory); the text tokenizer of the run must be the same one.
 """
 
@@ -29,6 +32,7 @@ from cheers_pl.eval.retrieval import retrieval_scores
 from cheers_pl.restore import load_stage
 
 PREFIXES = ("model.vision.", "model.contrastive.")
+EXCLUDED = ("model.vision.compressor.",)
 CARD = "card.json"
 
 
@@ -62,6 +66,8 @@ def measure(stage: Any, num_scenes: int) -> dict[str, Any]:
     figures["parser_recovery"] = recovery_scores(vision, images, scenes, world)
     if getattr(stage.model, "contrastive", None) is not None:
         figures["retrieval"] = retrieval_scores(stage.contrastive_embed, images, captions, 32)
+    if getattr(stage.model, "attribute_heads", None) is not None:
+        figures["token_attributes"] = stage.attribute_accuracy(images, scenes)
     figures["protocol"] = {"split": "test", "num_scenes": num_scenes, "captions": "canonical"}
     return figures
 
@@ -73,7 +79,7 @@ def export_tokenizer(ckpt_path: str | Path, out_dir: str | Path, num_scenes: int
     state = {
         k.removeprefix("model."): v.contiguous()
         for k, v in upgrade_state_dict(ckpt["state_dict"]).items()
-        if k.startswith(PREFIXES)
+        if k.startswith(PREFIXES) and not k.startswith(EXCLUDED)
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

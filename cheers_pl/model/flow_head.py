@@ -47,7 +47,7 @@ class FlowHeadConfig:
     """Flow head widths and depths; defaults are the tiny preset, comments give the 1.5B preset."""
 
     llm_dim: int = 128  # full: 1536 (Qwen2.5-1.5B width)
-    sem_dim: int = 64  # full: 1152 (SigLIP2 so400m width)
+    sem_dim: int = 128  # full: 1152 (SigLIP2 so400m width)
     latent_dim: int = 32  # full: 128 (32 VAE channels, 2×2-patchified)
     shuffle_factor: int = 2  # full: 2 (16×16 → 32×32)
     stage1_depth: int = 2  # full: 7

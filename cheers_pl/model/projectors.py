@@ -68,7 +68,7 @@ def shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -
 class TokenCompressorConfig:
     """Configuration of `TokenCompressor`. Defaults are the tiny preset; full values in the comments."""
 
-    in_dim: int = 64  # semantic encoder width (full: 1152)
+    in_dim: int = 128  # semantic encoder width (full: 1152)
     out_dim: int = 128  # LLM width (full: 1536)
     factor: int = 2  # 1 = no compression, 2 = the paper's 4× fewer tokens, 4 = 16×
     layer_norm_eps: float = 1e-6

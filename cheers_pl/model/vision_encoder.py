@@ -35,10 +35,10 @@ class VisionEncoderConfig:
     pretrained: str | None = None  # hf: local dir or hub name; timm: state-dict file or timm hub id
     image_size: int = 64  # full: 512
     patch_size: int = 8  # full: 16
-    dim: int = 64  # full: 1152
-    num_layers: int = 2  # full: 27
-    num_heads: int = 2  # full: 16
-    mlp_dim: int = 256  # full: 4304
+    dim: int = 128  # full: 1152
+    num_layers: int = 3  # full: 27
+    num_heads: int = 4  # full: 16
+    mlp_dim: int = 512  # full: 4304
     in_channels: int = 3
     timm_model: str = "vit_so400m_patch16_siglip_512"  # timm architecture name (timm backend only)
 

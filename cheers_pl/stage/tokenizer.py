@@ -11,6 +11,10 @@ Three losses, each switched on by config and each training its own components (d
 The loss functions and D's t-sampler are `cheers_pl.objective.reconstruction`; this module only orchestrates them.
 (c) Semantic encoder + text tower (when `model.contrastive` is set): sigmoid contrastive loss between the encoder's
     mean-pooled tokens of `D(z_t)` (detached: the contrastive loss never trains D) and the captions.
+(d) Semantic encoder + token-attribute heads (`attribute_weight` > 0, synthetic shards): per token, the attributes of
+    the object under it (`cheers_pl.data.synthetic_labels`), a linear head per attribute, on the same tokens as (c):
+    the dense stand-in for SigLIP 2's dense captioning, so that every token carries its object's shape, colour,
+    texture, size and digit for the LLM to read. Rows without a scene description are left out and counted.
 D is a copy of the VAE decoder made at construction. When the VAE trains in the same run, D trains jointly on the
 current VAE's latents (no reset needed); `reset_pixel_decoder=true` re-copies D from the VAE after `init_from`
 (e.g. a second run that starts from a VAE-only run).
@@ -32,11 +36,15 @@ import torch
 from torch import nn
 
 from cheers_pl.data.batch import Batch
+from cheers_pl.data.synthetic_labels import ATTRIBUTES, attribute_classes, token_attribute_labels
+from cheers_pl.data.synthetic_scene import Scene
 from cheers_pl.data.tasks import TASK_TEXT
 from cheers_pl.data.text_tokenizer import load_text_tokenizer
+from cheers_pl.model.attribute_heads import AttributeHeads, AttributeHeadsConfig
 from cheers_pl.model.contrastive_towers import ContrastiveTowers
 from cheers_pl.model.vision_tokenizer import VisionTokenizer
 from cheers_pl.objective.flow_matching import interpolate, noise_like
+from cheers_pl.objective.lm import IGNORE_INDEX
 from cheers_pl.objective.reconstruction import (
     DECODER_LOSSES,
     LPIPS_NETS,
@@ -45,17 +53,19 @@ from cheers_pl.objective.reconstruction import (
     decoder_times,
     vae_losses,
 )
+from cheers_pl.objective.token_labels import token_classification_loss
 from cheers_pl.optim import OptimConfig
 from cheers_pl.stage.base import StageConfig, StageModule
 
 CONTRASTIVE_INPUTS = ("decoded", "pixels")
-# parameter-name prefix -> the loss that trains it (a trainable parameter outside these gets no gradient here)
+# parameter-name prefix -> the losses that train it (a trainable parameter outside these gets no gradient here)
 LOSS_OF_PREFIX = {
-    "model.vision.vae.": "vae",
-    "model.vision.pixel_decoder.": "decoder",
-    "model.vision.encoder.": "contrastive",
-    "model.vision.latent_embed.": "contrastive",
-    "model.contrastive.": "contrastive",
+    "model.vision.vae.": ("vae",),
+    "model.vision.pixel_decoder.": ("decoder",),
+    "model.vision.encoder.": ("contrastive", "attributes"),
+    "model.vision.latent_embed.": ("contrastive", "attributes"),
+    "model.contrastive.": ("contrastive",),
+    "model.attribute_heads.": ("attributes",),
 }
 
 
@@ -86,10 +96,12 @@ class TokenizerStageConfig(StageConfig):
     # what the encoder sees in the contrastive loss: "decoded" = D(z_t) (the path it serves), "pixels" = the clean
     # image (no VAE or D pass: cheap enough for the large batches sigmoid contrastive learning wants)
     contrastive_input: str = "decoded"
+    attribute_weight: float = 0.0  # token-attribute loss (d); needs shards with scene descriptions (synthetic)
     reset_pixel_decoder: bool = False  # re-copy D from the VAE decoder after `init_from`
 
     def __post_init__(self) -> None:
-        for name in ("vae_l1_weight", "vae_kl_weight", "lpips_weight", "decoder_weight", "contrastive_weight"):
+        weights = ("vae_l1_weight", "vae_kl_weight", "lpips_weight", "decoder_weight", "contrastive_weight")
+        for name in (*weights, "attribute_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0, got {getattr(self, name)}")
         if self.decoder_loss not in DECODER_LOSSES:
@@ -124,6 +136,14 @@ class TokenizerStage(StageModule):
             self.model.contrastive = ContrastiveTowers(towers_cfg, self.model.vision.encoder.dim)
         else:
             self.model.contrastive = None
+        self.model.attribute_heads = None
+        if scfg.attribute_weight > 0:
+            classes = attribute_classes(cfg.data.synthetic)
+            num_classes = tuple(len(classes[a]) for a in ATTRIBUTES)
+            self.model.attribute_heads = AttributeHeads(
+                AttributeHeadsConfig(self.model.vision.encoder.dim, num_classes)
+            )
+        self.unlabelled_rows = 0  # rows the attribute loss left out (no scene description)
         self.lpips = build_lpips(scfg.lpips_weights, scfg.lpips_net) if scfg.lpips_weights else None
         if scfg.train_vae and scfg.refresh_stats_every == 0:
             warnings.warn(
@@ -146,14 +166,16 @@ class TokenizerStage(StageModule):
             active.add("decoder")
         if scfg.contrastive_weight > 0 and self.model.contrastive is not None:
             active.add("contrastive")
+        if self.model.attribute_heads is not None:
+            active.add("attributes")
         return active
 
     def _check_losses_reach_trainable(self) -> None:
         active = self._active_losses()
         names = [n for n, _ in self.trainable_parameters()]
         for name in names:
-            loss = next((v for k, v in LOSS_OF_PREFIX.items() if name.startswith(k)), None)
-            if loss not in active:
+            losses = next((v for k, v in LOSS_OF_PREFIX.items() if name.startswith(k)), ())
+            if not set(losses) & active:
                 raise ValueError(
                     f"stage.trainable selects {name!r}, but no active loss of the tokenizer stage trains it "
                     f"(active: {sorted(active)}; check train_vae, *_weight and model.contrastive)"
@@ -191,7 +213,8 @@ class TokenizerStage(StageModule):
         losses: dict[str, torch.Tensor] = {}
         active = self._active_losses()
         pixels_only = scfg.contrastive_input == "pixels"
-        needs_latent = "vae" in active or "decoder" in active or ("contrastive" in active and not pixels_only)
+        encodes = bool({"contrastive", "attributes"} & active)  # the encoder runs (on the contrastive input)
+        needs_latent = "vae" in active or "decoder" in active or (encodes and not pixels_only)
         x1 = None
         if scfg.train_vae:
             vae_terms, raw_mean = self._vae_losses(images, sample=generator is None)
@@ -203,27 +226,46 @@ class TokenizerStage(StageModule):
         elif needs_latent:
             x1 = vision.encode(images)
         decoded = z_t = None
-        if "decoder" in active or ("contrastive" in active and not pixels_only):
+        if "decoder" in active or (encodes and not pixels_only):
             t_B = decoder_times(images.shape[0], scfg.clean_prob, scfg.t_min, generator, images.device)
             z_t = interpolate(noise_like(x1, generator), x1, t_B)
             decoded = vision.decode_pixels(z_t) if vision.pixel_decoder is not None else None
         if "decoder" in active:
             losses["decoder"] = decoder_loss(decoded, images, scfg.decoder_loss)
+        if not encodes:
+            return losses
+        if pixels_only:
+            semantic = vision.encoder(images)
+        else:
+            semantic = vision.features(z_t, None if decoded is None else decoded.detach()).semantic
         if "contrastive" in active:
             towers = self.model.contrastive
-            if pixels_only:
-                semantic = vision.encoder(images)
-            else:
-                semantic = vision.features(z_t, None if decoded is None else decoded.detach()).semantic
             ids, mask = self.tokenize_captions([str(batch.meta[i]["caption"]) for i in keep], images.device)
             losses["contrastive"] = towers.loss(towers.embed_images(semantic), towers.embed_texts(ids, mask))
+        if "attributes" in active:
+            labels = self._attribute_labels([batch.meta[i] for i in keep], images.device)
+            losses["attributes"] = token_classification_loss(self.model.attribute_heads(semantic), labels)
         return losses
+
+    def _attribute_labels(self, metas: list[dict], device: torch.device) -> torch.Tensor:
+        """Token-attribute labels B×A×M of the rows' scenes; rows without a scene are all IGNORE_INDEX (counted)."""
+        grid = self.model.vision.semantic_grid_hw[0]
+        world = self.cfg.data.synthetic
+        rows = []
+        for meta in metas:
+            if isinstance(meta.get("scene"), dict):
+                labels = token_attribute_labels(Scene.from_json(meta["scene"]), world, grid)
+                rows.append(torch.from_numpy(labels).flatten(1))
+            else:
+                self.unlabelled_rows += 1
+                rows.append(torch.full((len(ATTRIBUTES), grid * grid), IGNORE_INDEX, dtype=torch.long))
+        return torch.stack(rows).to(device)
 
     def _total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.stage_cfg
         weights = {
             "vae_l1": s.vae_l1_weight, "vae_kl": s.vae_kl_weight, "vae_lpips": s.lpips_weight,
-            "decoder": s.decoder_weight, "contrastive": s.contrastive_weight,
+            "decoder": s.decoder_weight, "contrastive": s.contrastive_weight, "attributes": s.attribute_weight,
         }  # fmt: skip
         return sum(weights[k] * v for k, v in losses.items())
 
@@ -234,6 +276,8 @@ class TokenizerStage(StageModule):
         total = self._total(losses)
         n = len(batch)
         self.log("train/loss", total, prog_bar=True, batch_size=n)
+        if self.model.attribute_heads is not None:  # cumulative: rows the attribute loss could not label
+            self.log("data/attribute_unlabelled_rows", float(self.unlabelled_rows), batch_size=n)
         self.log_dict({f"train/loss_{k}": v for k, v in losses.items()}, batch_size=n)
         every = self.stage_cfg.refresh_stats_every
         step = self.trainer.global_step + 1 if self._trainer is not None else 0
@@ -288,6 +332,19 @@ class TokenizerStage(StageModule):
             z_t = interpolate(x0, x1, torch.full((images.shape[0],), float(t), device=images.device))
             out[f"decoder_t{float(t)}"] = vision.decode_pixels(z_t)
         return out
+
+    @torch.no_grad()
+    def attribute_accuracy(self, images: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+        """Accuracy of the token-attribute heads per attribute on the tokens an object covers (clean images)."""
+        if self.model.attribute_heads is None:
+            raise ValueError("attribute_accuracy needs stage.attribute_weight > 0 (the token-attribute heads)")
+        labels = self._attribute_labels([{"scene": s.to_json()} for s in scenes], images.device)
+        logits = self.model.attribute_heads(self.model.vision.encoder(images))
+        covered = labels[:, 0] > 0
+        return {
+            name: round(((lg.argmax(-1) == labels[:, a]) & covered).sum().item() / max(1, int(covered.sum())), 4)
+            for a, (name, lg) in enumerate(zip(ATTRIBUTES, logits, strict=True))
+        }
 
     @torch.no_grad()
     def contrastive_embed(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

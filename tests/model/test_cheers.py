@@ -51,7 +51,7 @@ def test_config_defaults_consistent_and_structured() -> None:
     ("kwargs", "match"),
     [
         ({"llm": LLMConfig(dim=64, mlp_dim=128)}, r"vision.llm_dim=128, llm.dim=64, flow_head.llm_dim=128"),
-        ({"flow_head": FlowHeadConfig(sem_dim=32)}, r"flow_head.sem_dim=32 .* vision.encoder.dim=64"),
+        ({"flow_head": FlowHeadConfig(sem_dim=32)}, r"flow_head.sem_dim=32 .* vision.encoder.dim=128"),
         ({"flow_head": FlowHeadConfig(latent_dim=16)}, r"flow_head.latent_dim=16 .* VAE latent dim 32"),
         ({"vision": VisionTokenizerConfig(vae=VAEConfig(latent_channels=4))}, r"latent_dim=32 .* dim 16"),
         ({"vision": VisionTokenizerConfig(compression=1)}, r"shuffle_factor=2 must equal vision.compression=1"),

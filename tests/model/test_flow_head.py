@@ -146,7 +146,7 @@ def test_config_and_input_validation():
     with pytest.raises(ValueError, match="stage1_heads"):
         FlowHeadConfig(stage1_heads=3)
     cfg = FlowHeadConfig()
-    assert dataclasses.replace(cfg, stage1_mlp_dim=100).mlp_dim(1) == 100 and cfg.mlp_dim(2) == 256
+    assert dataclasses.replace(cfg, stage1_mlp_dim=100).mlp_dim(1) == 100 and cfg.mlp_dim(2) == 512
     head = FlowHead(cfg)
     h_BNC, t_B, detail = _inputs(cfg)
     with pytest.raises(ValueError, match="grid_hw"):

@@ -36,7 +36,7 @@ def test_grid_errors_state_the_numbers() -> None:
 
 def test_compressor_shapes_and_full_size() -> None:
     compressor = TokenCompressor(TokenCompressorConfig())
-    out = compressor(torch.randn(2, 64, 64), (8, 8))
+    out = compressor(torch.randn(2, 64, 128), (8, 8))
     assert out.shape == (2, 16, 128)
     assert compressor.output_grid((8, 8)) == (4, 4)
     with torch.device("meta"):
@@ -49,8 +49,8 @@ def test_compressor_shapes_and_full_size() -> None:
 @pytest.mark.parametrize("factor", [1, 4])
 def test_compression_factor_sets_token_count(factor: int) -> None:
     compressor = TokenCompressor(TokenCompressorConfig(factor=factor))
-    assert compressor.mlp[0].in_features == 64 * factor**2
-    assert compressor(torch.randn(1, 64, 64), (8, 8)).shape == (1, 64 // factor**2, 128)
+    assert compressor.mlp[0].in_features == 128 * factor**2
+    assert compressor(torch.randn(1, 64, 128), (8, 8)).shape == (1, 64 // factor**2, 128)
 
 
 def test_compressor_gradients_and_determinism() -> None:
@@ -58,7 +58,7 @@ def test_compressor_gradients_and_determinism() -> None:
     a = TokenCompressor(TokenCompressorConfig())
     torch.manual_seed(4)
     b = TokenCompressor(TokenCompressorConfig())
-    x = torch.randn(2, 64, 64, requires_grad=True)
+    x = torch.randn(2, 64, 128, requires_grad=True)
     out = a(x, (8, 8))
     assert torch.equal(out, b(x, (8, 8)))
     out.square().mean().backward()
@@ -67,7 +67,7 @@ def test_compressor_gradients_and_determinism() -> None:
 
 def test_compressor_errors() -> None:
     compressor = TokenCompressor(TokenCompressorConfig())
-    with pytest.raises(ValueError, match="in_dim=64 channels, got 32"):
+    with pytest.raises(ValueError, match="in_dim=128 channels, got 32"):
         compressor(torch.randn(1, 64, 32), (8, 8))
     with pytest.raises(ValueError, match=r"factor=2 must divide the token grid \(5, 5\)"):
         compressor.output_grid((5, 5))

@@ -32,12 +32,12 @@ def _library_output(encoder, pixels: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tiny_shapes_and_library_parity(backend: str) -> None:
     encoder = build_vision_encoder(VisionEncoderConfig(backend=backend)).eval()
-    assert (encoder.dim, encoder.patch_size, encoder.grid_size, encoder.num_tokens) == (64, 8, (8, 8), 64)
+    assert (encoder.dim, encoder.patch_size, encoder.grid_size, encoder.num_tokens) == (128, 8, (8, 8), 64)
     pixels = _pixels()
     with torch.no_grad():
         out = encoder(pixels)
         emb = encoder.patch_embed(pixels)
-        assert emb.shape == out.shape == (2, 64, 64)
+        assert emb.shape == out.shape == (2, 64, 128)
         assert torch.equal(out, encoder.forward_embeddings(emb))
         assert torch.allclose(out, _library_output(encoder, pixels), atol=1e-6)
 
@@ -112,14 +112,14 @@ def test_hf_pretrained_warns_about_ignored_fields(tmp_path) -> None:
     build_vision_encoder(VisionEncoderConfig()).model.save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="dim"):
         loaded = build_vision_encoder(VisionEncoderConfig(pretrained=str(tmp_path), dim=32, num_heads=1))
-    assert loaded.dim == 64
+    assert loaded.dim == 128
 
 
 @pytest.mark.parametrize("suffix", ["pt", "safetensors"])
 def test_timm_pretrained_from_state_dict_file(tmp_path, suffix: str) -> None:
     # the reference keeps timm's default attention-pool head; its keys must be dropped on load
     reference = timm.create_model(
-        "vit_so400m_patch16_siglip_512", img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0
+        "vit_so400m_patch16_siglip_512", img_size=64, patch_size=8, embed_dim=128, depth=3, num_heads=4, mlp_ratio=4.0
     ).eval()
     path = tmp_path / f"weights.{suffix}"
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}

@@ -19,9 +19,9 @@ def test_tiny_shapes(encoder_input: str) -> None:
     feats = tok.features(x1)
     llm_tokens, detail = tok(x1)
     assert x1.shape == (2, 32, 8, 8)
-    assert llm_tokens.shape == (2, 16, 128) and detail.shape == feats.semantic.shape == (2, 64, 64)
+    assert llm_tokens.shape == (2, 16, 128) and detail.shape == feats.semantic.shape == (2, 64, 128)
     assert (tok.num_image_tokens, tok.grid_hw, tok.semantic_grid_hw) == (16, (4, 4), (8, 8))
-    assert (tok.latent_dim, tok.detail_dim) == (32, 64)
+    assert (tok.latent_dim, tok.detail_dim) == (32, 128)
     if encoder_input == "pixels":
         assert feats.decoded.shape == (2, 3, 64, 64) and tok.latent_embed is None
     else:

@@ -108,7 +108,7 @@ def test_public_methods(make_cfg) -> None:
     out = stage.generate_images(["a red circle", "a blue square"], seed=1, num_steps=2, record_gates=True)
     assert out.images.shape == (2, 3, 64, 64) and out.gates is not None
     assert len(stage.answer(out.images, ["what color is the circle?", "what shape is it?"], max_new_tokens=3)) == 2
-    assert stage.semantic_features(out.images).shape == (2, 64)
+    assert stage.semantic_features(out.images).shape == (2, 128)
     img, txt = stage.contrastive_embed(out.images, ["a red circle", "a blue square"])
     assert img.shape == txt.shape == (2, 64)
 

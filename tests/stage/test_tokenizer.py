@@ -8,6 +8,7 @@ import torch
 from cheers_pl.config import ExperimentConfig
 from cheers_pl.data.batch import Batch
 from cheers_pl.data.datamodule import DataConfig
+from cheers_pl.data.synthetic_scene import Scene
 from cheers_pl.model.contrastive_towers import ContrastiveTowersConfig
 from cheers_pl.model.vae import VAEConfig
 from cheers_pl.model.vision_encoder import VisionEncoderConfig
@@ -151,3 +152,24 @@ def test_reconstruct_and_contrastive_embed(shard_dir) -> None:
         TokenizerStage(
             _cfg(shard_dir, contrastive=False, trainable=["model.vision.vae.*", "model.vision.pixel_decoder.*"])
         ).contrastive_embed(images, CAPTIONS)
+
+
+def test_token_attribute_loss_trains_encoder_and_heads_and_counts_rows_without_a_scene(shard_dir) -> None:
+    trainable = ["model.vision.encoder.*", "model.attribute_heads.*"]
+    stage = TokenizerStage(_cfg(shard_dir, contrastive=False, train_vae=False, decoder_weight=0.0,
+                                attribute_weight=1.0, contrastive_input="pixels", trainable=trainable))  # fmt: skip
+    batch = _batch(4)
+    scene = {"image_size": 64, "objects": [{"shape": "circle", "color": "red", "size": "large", "x": 20, "y": 40}]}
+    for meta in batch.meta[:3]:
+        meta["scene"] = scene
+    losses = stage.compute_losses(batch)
+    assert set(losses) == {"attributes"} and losses["attributes"] > 0 and stage.unlabelled_rows == 1
+    changed = _one_step(stage, batch)
+    assert any(n.startswith("model.attribute_heads.") for n in changed)
+    assert any(n.startswith("model.vision.encoder.") for n in changed)
+    assert not any(n.startswith(("model.vision.vae.", "model.vision.pixel_decoder.")) for n in changed)
+    acc = stage.attribute_accuracy(batch.images[:1], [Scene.from_json(scene)])
+    assert set(acc) == {"shape", "color", "texture", "size", "digit"} and all(0 <= v <= 1 for v in acc.values())
+    with pytest.raises(ValueError, match="no active loss"):
+        TokenizerStage(_cfg(shard_dir, contrastive=False, train_vae=False, decoder_weight=0.0,
+                            trainable=["model.vision.encoder.*"]))  # fmt: skip
