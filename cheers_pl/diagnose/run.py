@@ -4,7 +4,9 @@
 - probes (1a): what the frozen tokenizer carries (`cheers_pl.diagnose.probes`);
 - binding (1b): can the LLM path bind image tokens to answers (`cheers_pl.diagnose.overfit.run_binding`);
 - flow (1c): can the flow head + sampler reproduce a few fitted scenes (`run_flow_overfit`);
-- profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`).
+- profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`);
+- conditioning (1e): does the prompt reach the flow head, and how the HFI sum is balanced
+  (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as skipped).
 A tokenizer-stage checkpoint has no LLM: binding and flow then start from `fit_experiment` (default `tiny_align`)
 with `init_from=ckpt`, i.e. its tokenizer under a fresh LLM and head. The profile builds each experiment of
 `profile_experiments` from its config (random weights: timing depends on shapes, not values) and times cold steps
@@ -22,13 +24,14 @@ import torch
 from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
+from cheers_pl.diagnose.conditioning import run_conditioning
 from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.profile import profile_stage
 from cheers_pl.restore import load_stage
 from cheers_pl.stage import build_stage
 
-PARTS = ("probes", "binding", "flow", "profile")
+PARTS = ("probes", "binding", "flow", "profile", "conditioning")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class DiagnoseArgs:
     binding_steps: int = 300
     flow_steps: int = 400
     profile_steps: int = 6
+    conditioning_scenes: int = 16
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,13 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
             report["binding"] = run_binding(fit, world, steps=args.binding_steps)
         if "flow" in args.parts:
             report["flow"] = run_flow_overfit(fit, world, steps=args.flow_steps)
+    if "conditioning" in args.parts:
+        pipeline = getattr(stage, "pipeline", None)
+        report["conditioning"] = (
+            run_conditioning(pipeline, world, args.conditioning_scenes)
+            if pipeline is not None
+            else {"skipped": f"stage {cfg.stage.name!r} has no text pipeline (no flow head to condition)"}
+        )
     if "profile" in args.parts:
         report["profile"] = _profile(args, [f"data.shard_dir={cfg.data.shard_dir}"])
     report["protocol"]["wall_s"] = round(time.perf_counter() - started, 1)
@@ -129,6 +140,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         out["binding/chance"] = report["binding"]["chance"]
     if "flow" in report:
         out["flow/parsed_back"] = report["flow"]["final"]
+    for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
+        out[f"conditioning/{t}/head_change"] = entry["head_change"]
+        out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
     return out
 
 
@@ -172,6 +186,20 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- parsed back (shape, colour, count of every object): {f['final']:.2f} over {len(f['prompts'])}"
                      f" scenes; curve {f['curve']}; sampler {f['sampling']}")  # fmt: skip
         lines.append("")
+    if "conditioning" in report:
+        c = report["conditioning"]
+        lines += ["## 1e Does the prompt reach the flow head (guidance off)", ""]
+        if "skipped" in c:
+            lines += [f"skipped: {c['skipped']}", ""]
+        else:
+            lines += [f"{c['num_scenes']} test scenes, each row's caption swapped for another scene's; relative change "
+                      "of the stage-1 output and of the head's output, and the HFI sum's terms ‖Z'‖, ‖g·S‖, mean g:",
+                      "", "| t | stage 1 change | head change | ‖Z'‖ | ‖g·S‖ | mean g |",
+                      "|---|---|---|---|---|---|"]  # fmt: skip
+            for t, e in c["per_t"].items():
+                lines.append(f"| {t[2:]} | {e['stage1_change']:.3f} | {e['head_change']:.3f} | {e['z_norm']:.2f} | "
+                             f"{e['gs_norm']:.2f} | {e['gate_mean']:.2f} |")  # fmt: skip
+            lines.append("")
     if "profile" in report:
         lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]
         for experiment, entry in report["profile"].items():

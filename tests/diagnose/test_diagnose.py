@@ -67,3 +67,37 @@ def test_cli_profile_part_writes_both_reports(tokenizer_ckpt: Path, tmp_path: Pa
 def test_unknown_part_is_an_error() -> None:
     with pytest.raises(ValueError, match="parts"):
         DiagnoseArgs(ckpt="x", parts=["probes", "vibes"])
+
+
+def test_conditioning_measures_prompt_sensitivity_and_the_hfi_sum() -> None:
+    """1e: with every path carrying signal the prompt moves stage 1 and the head, and the HFI term is measured;
+    switching the gate off (its last layer zeroed) leaves Z' as it was and makes g·S exactly zero."""
+    from torch import nn
+
+    from cheers_pl.diagnose.conditioning import run_conditioning
+    from tests._models import perturbed_pipeline
+
+    pipe = perturbed_pipeline(llm_noise=0.05)
+    world = SyntheticConfig()
+    out = run_conditioning(pipe, world, num_scenes=4, ts=(0.0, 0.5))
+    assert set(out["per_t"]) == {"t=0.0", "t=0.5"}
+    for entry in out["per_t"].values():
+        assert entry["stage1_change"] > 1e-4 and entry["head_change"] > 1e-4, entry
+        assert entry["z_norm"] > 0 and entry["gs_norm"] > 0 and entry["gate_mean"] != 0, entry
+    gate = pipe.model.flow_head.hfi.gate[-1]
+    nn.init.zeros_(gate.weight)
+    nn.init.zeros_(gate.bias)
+    off = run_conditioning(pipe, world, num_scenes=4, ts=(0.0, 0.5))
+    for t, entry in off["per_t"].items():
+        assert entry["gs_norm"] == 0 and entry["gate_mean"] == 0, entry
+        assert entry["z_norm"] == pytest.approx(out["per_t"][t]["z_norm"], rel=1e-4)
+    with pytest.raises(ValueError, match="num_scenes"):
+        run_conditioning(pipe, world, num_scenes=1)
+
+
+def test_cli_conditioning_part_is_skipped_without_a_flow_head(tokenizer_ckpt: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "diag"
+    assert main(["diagnose", f"ckpt={tokenizer_ckpt}", "parts=[conditioning]", f"out_dir={out_dir}"]) == 0
+    report = json.loads((out_dir / "diagnose.json").read_text())
+    assert "no text pipeline" in report["conditioning"]["skipped"]
+    assert "skipped" in (out_dir / "diagnose.md").read_text()
