@@ -102,7 +102,11 @@ class FlowHeadConfig:
         if self.mlp_ratio <= 0:
             raise ValueError(f"FlowHeadConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.injection not in INJECTIONS:
-            raise ValueError(f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}")
+            hint = " (YAML reads a bare off/on as a boolean: quote it, e.g. 'model.flow_head.injection=\"off\"')"
+            raise ValueError(
+                f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}"
+                + (hint if isinstance(self.injection, bool) else "")
+            )
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"FlowHeadConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("rope_theta", "norm_eps", "hfi_norm_eps", "time_scale"):

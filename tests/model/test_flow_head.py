@@ -141,6 +141,8 @@ def test_determinism_under_seed():
 def test_config_and_input_validation():
     with pytest.raises(ValueError, match="injection"):
         FlowHeadConfig(injection="sometimes")
+    with pytest.raises(ValueError, match="quote it"):  # `injection=off` on the command line arrives as False
+        FlowHeadConfig(injection=False)
     with pytest.raises(ValueError, match="stage2_kv_heads"):
         FlowHeadConfig(stage2_heads=2, stage2_kv_heads=3)
     with pytest.raises(ValueError, match="stage1_heads"):
