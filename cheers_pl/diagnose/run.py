@@ -24,7 +24,7 @@ import torch
 from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
-from cheers_pl.diagnose.conditioning import run_conditioning
+from cheers_pl.diagnose.conditioning import recovery_by_noise_level, run_conditioning
 from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.profile import profile_stage
@@ -49,6 +49,7 @@ class DiagnoseArgs:
     flow_steps: int = 400
     profile_steps: int = 6
     conditioning_scenes: int = 16
+    recovery_scenes: int = 32
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -109,11 +110,11 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
             report["flow"] = run_flow_overfit(fit, world, steps=args.flow_steps)
     if "conditioning" in args.parts:
         pipeline = getattr(stage, "pipeline", None)
-        report["conditioning"] = (
-            run_conditioning(pipeline, world, args.conditioning_scenes)
-            if pipeline is not None
-            else {"skipped": f"stage {cfg.stage.name!r} has no text pipeline (no flow head to condition)"}
-        )
+        if pipeline is None:
+            report["conditioning"] = {"skipped": f"stage {cfg.stage.name!r} has no text pipeline (no flow head)"}
+        else:
+            report["conditioning"] = run_conditioning(pipeline, world, args.conditioning_scenes)
+            report["conditioning"]["recovery"] = recovery_by_noise_level(pipeline, world, args.recovery_scenes)
     if "profile" in args.parts:
         report["profile"] = _profile(args, [f"data.shard_dir={cfg.data.shard_dir}"])
     report["protocol"]["wall_s"] = round(time.perf_counter() - started, 1)
@@ -143,6 +144,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
         out[f"conditioning/{t}/head_change"] = entry["head_change"]
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
+    for t0, entry in report.get("conditioning", {}).get("recovery", {}).items():
+        out[f"recovery/{t0}/all"] = entry["all"]
     return out
 
 
@@ -199,6 +202,17 @@ def markdown(report: dict[str, Any]) -> str:
             for t, e in c["per_t"].items():
                 lines.append(f"| {t[2:]} | {e['stage1_change']:.3f} | {e['head_change']:.3f} | {e['z_norm']:.2f} | "
                              f"{e['gs_norm']:.2f} | {e['gate_mean']:.2f} |")  # fmt: skip
+            lines += [
+                "",
+                "Sampled from test scenes noised to t0 (their captions, the stage's sampler and guidance): "
+                "share of objects whose shape / colour the parser recovers, images with the right count, "
+                "objects right in every attribute:",
+                "",
+                "| t0 | shape | colour | count | all |",
+                "|---|---|---|---|---|",
+            ]
+            for t0, e in c["recovery"].items():
+                lines.append(f"| {t0[3:]} | {e['shape']:.2f} | {e['color']:.2f} | {e['count']:.2f} | {e['all']:.2f} |")
             lines.append("")
     if "profile" in report:
         lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]

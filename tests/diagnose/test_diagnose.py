@@ -101,3 +101,34 @@ def test_cli_conditioning_part_is_skipped_without_a_flow_head(tokenizer_ckpt: Pa
     report = json.loads((out_dir / "diagnose.json").read_text())
     assert "no text pipeline" in report["conditioning"]["skipped"]
     assert "skipped" in (out_dir / "diagnose.md").read_text()
+
+
+def test_recovery_by_noise_level_scores_what_the_sampler_lands_on(tokenizer_ckpt: Path) -> None:
+    """An oracle field that flies straight to each scene's own latent recovers the scenes from every t0 (the
+    committed tokenizer's VAE keeps them); the same field aimed at the next scene's latent does not."""
+    from types import SimpleNamespace
+
+    from cheers_pl.diagnose.conditioning import recovery_by_noise_level
+    from cheers_pl.diagnose.probes import scenes
+    from cheers_pl.objective.sampling import SamplingConfig
+    from cheers_pl.restore import load_stage
+
+    vision = load_stage(str(tokenizer_ckpt)).model.vision
+    world = SyntheticConfig()
+    with torch.no_grad():
+        x1 = vision.encode(scenes(world, "test", 8, in_distribution=True)[0])
+
+    def pipeline(target: torch.Tensor) -> SimpleNamespace:
+        def field(z: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+            return (target - z) / (1 - t_B).reshape(-1, 1, 1, 1)
+
+        sampling = SamplingConfig(num_steps=4, guidance_scale=1.0)
+        return SimpleNamespace(model=SimpleNamespace(vision=vision, parameters=vision.parameters), sampling=sampling,
+                               velocity_fn=lambda prompts, scale: field)  # fmt: skip
+
+    right = recovery_by_noise_level(pipeline(x1), world, num_scenes=8, t0s=(0.0, 0.5))
+    wrong = recovery_by_noise_level(pipeline(x1.roll(1, dims=0)), world, num_scenes=8, t0s=(0.0,))
+    assert set(right) == {"t0=0.0", "t0=0.5"}
+    for entry in right.values():
+        assert entry["shape"] >= 0.95 and entry["color"] >= 0.95, entry
+    assert wrong["t0=0.0"]["all"] < 0.5, wrong
