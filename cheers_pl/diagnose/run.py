@@ -191,11 +191,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if "conditioning" in report:
         c = report["conditioning"]
-        lines += ["## 1e Does the prompt reach the flow head (guidance off)", ""]
+        lines += ["## 1e Does the prompt reach the flow head, and where does sampling lose the scene", ""]
         if "skipped" in c:
             lines += [f"skipped: {c['skipped']}", ""]
         else:
-            lines += [f"{c['num_scenes']} test scenes, each row's caption swapped for another scene's; relative change "
+            lines += [f"Guidance off; {c['num_scenes']} test scenes, each row's caption swapped for another's; change "
                       "of the stage-1 output and of the head's output, and the HFI sum's terms ‖Z'‖, ‖g·S‖, mean g:",
                       "", "| t | stage 1 change | head change | ‖Z'‖ | ‖g·S‖ | mean g |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
