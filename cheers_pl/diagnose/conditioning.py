@@ -33,6 +33,13 @@ from cheers_pl.eval.reconstruction import parser_recovery
 from cheers_pl.objective.sampling import solve
 
 
+def _captioned_scenes(world: SyntheticConfig, num: int, seed: int) -> tuple[torch.Tensor, list, list[str]]:
+    """The first `num` in-distribution test scenes: images, scenes and their canonical captions."""
+    images, scene_list = scenes(world, "test", num, in_distribution=True)
+    rng = np.random.default_rng(seed)
+    return images, scene_list, [captions(s, rng, world)[0] for s in scene_list]
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float((a - b).norm() / a.norm().clamp_min(1e-12)), 4)
 
@@ -50,9 +57,7 @@ def run_conditioning(
         raise ValueError(f"num_scenes must be at least 2 (prompts are rotated among scenes), got {num_scenes}")
     model = pipeline.model
     head = model.flow_head
-    images, scene_list = scenes(world, "test", num_scenes, in_distribution=True)
-    rng = np.random.default_rng(seed)
-    prompts = [captions(s, rng, world)[0] for s in scene_list]
+    images, _, prompts = _captioned_scenes(world, num_scenes, seed)
     rotated = prompts[1:] + prompts[:1]
     seen: dict[str, torch.Tensor] = {}
 
@@ -74,7 +79,7 @@ def run_conditioning(
              head.hfi.register_forward_hook(keep_hfi)]  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     try:
-        x1 = model.vision.encode(images.to(model.device))
+        x1 = model.vision.encode(images.to(next(model.parameters()).device))
         fields = [pipeline.velocity_fn(p, 1.0) for p in (prompts, rotated)]
         out: dict[str, Any] = {"num_scenes": num_scenes, "prompts": prompts[:4], "per_t": {}}
         for t in ts:
@@ -109,9 +114,8 @@ def recovery_by_noise_level(
 ) -> dict[str, dict[str, float]]:
     """Per t0: parser recovery (shape, colour, count, all) of test scenes sampled from z_t0 to 1 (module doc)."""
     model, sampling = pipeline.model, pipeline.sampling
-    images, scene_list = scenes(world, "test", num_scenes, in_distribution=True)
-    rng = np.random.default_rng(seed)
-    fn = pipeline.velocity_fn([captions(s, rng, world)[0] for s in scene_list], sampling.guidance_scale)
+    images, scene_list, prompts = _captioned_scenes(world, num_scenes, seed)
+    fn = pipeline.velocity_fn(prompts, sampling.guidance_scale)
     x1 = model.vision.encode(images.to(next(model.parameters()).device))
     out = {}
     for t0 in t0s:
