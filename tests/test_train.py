@@ -27,6 +27,8 @@ def test_tensorboard_has_hparams_named_series_and_aligned_steps(shard_dir, tmp_p
     val_steps = {e.step for e in events.Scalars("val/loss")}
     image_steps = {e.step for e in events.Images("val/samples")}
     assert image_steps and image_steps == val_steps  # one validation, one step
+    ratio = events.Scalars("val/hfi_injection_ratio")  # ‖g·S‖ / ‖Z'‖ of the real flow head while sampling
+    assert {e.step for e in ratio} == val_steps and all(e.value >= 0 for e in ratio)
     width = events.Images("val/samples")[0].width
     assert width >= 4 * 2.5 * 64  # enlarged tiles (4 columns of 64-pixel samples)
     hparams = (tmp_path / "tiny_generation" / "tb" / "hparams.yaml").read_text()

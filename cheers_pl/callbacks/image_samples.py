@@ -6,7 +6,10 @@ attached) and to `<log_dir>/samples/step_<global step>.png`. With `gate_heatmap`
 injection's per-token gate g (one unbounded scalar per semantic token per sampling step, zero at init) is drawn
 as one panel per prompt — rows are sampling steps from noise (top) to data (bottom), columns are tokens of the
 semantic grid in row-major order — and saved as `gates_step_<global step>.png`; `val/gate_mean` and
-`val/gate_abs_mean` are logged, so one can watch HFI switch on.
+`val/gate_abs_mean` are logged, so one can watch HFI switch on. With a real flow head it also logs
+`val/hfi_injection_ratio` = mean per-token ‖g·S‖ / ‖Z'‖ entering the HFI LayerNorm over the same sampling calls:
+after the LayerNorm only this balance counts, and a ratio ≫ 1 means the detail residual S drowns what stage 1
+carries (issue 12 measured 6–8 on the tiny preset, where the gate grows without bound).
 
 Every rank generates (under FSDP the forward pass is collective); global rank 0 writes files and images.
 
@@ -16,7 +19,9 @@ References:
 Legend: B prompts, H/W image size, S sampling steps, M = h·w semantic-grid tokens.
 """
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +114,37 @@ def render_gate_heatmap(
     return fig
 
 
+@contextlib.contextmanager
+def hfi_balance(pl_module: object) -> Iterator[list[tuple[float, float]]]:
+    """Records, for every HFI call inside the block, the mean per-token norms (‖Z'‖, ‖g·S‖) that enter the HFI
+    LayerNorm. The list stays empty when `pl_module` has no `model.flow_head.hfi` module (or S is absent)."""
+    records: list[tuple[float, float]] = []
+    hfi = getattr(getattr(getattr(pl_module, "model", None), "flow_head", None), "hfi", None)
+    if not isinstance(hfi, torch.nn.Module):
+        yield records
+        return
+
+    def keep(_module: torch.nn.Module, inputs: tuple, out: tuple) -> None:
+        z_BMC, detail_BMC = inputs
+        if detail_BMC is not None:
+            injected_BMC = out[1].unsqueeze(-1) * detail_BMC
+            records.append((float(z_BMC.norm(dim=-1).mean()), float(injected_BMC.norm(dim=-1).mean())))
+
+    handle = hfi.register_forward_hook(keep)
+    try:
+        yield records
+    finally:
+        handle.remove()
+
+
+def injection_ratio(records: list[tuple[float, float]]) -> float | None:
+    """Mean ‖g·S‖ / mean ‖Z'‖ over `hfi_balance` records (None when there are none)."""
+    if not records:
+        return None
+    z_norm = sum(r[0] for r in records) / len(records)
+    return sum(r[1] for r in records) / len(records) / max(z_norm, 1e-12)
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Rasterises an Agg figure to H×W×3 uint8."""
     fig.canvas.draw()
@@ -128,18 +164,22 @@ class ImageSamplesCallback(PeriodicValidationCallback):
             return
         self.active = False
         cfg = self.cfg
-        images, gates_SBM, grid_hw = generate(
-            pl_module,
-            list(cfg.prompts),
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            record_gates=cfg.gate_heatmap,
-            num_steps=cfg.num_steps,
-            guidance_scale=cfg.guidance_scale,
-        )
+        with hfi_balance(pl_module) as balance:
+            images, gates_SBM, grid_hw = generate(
+                pl_module,
+                list(cfg.prompts),
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                record_gates=cfg.gate_heatmap,
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+            )
         if gates_SBM is not None:
             pl_module.log("val/gate_mean", gates_SBM.float().mean(), sync_dist=False)
             pl_module.log("val/gate_abs_mean", gates_SBM.float().abs().mean(), sync_dist=False)
+        ratio = injection_ratio(balance)
+        if ratio is not None:
+            pl_module.log("val/hfi_injection_ratio", ratio, sync_dist=False)
         folder = output_dir(trainer, "samples")  # on every rank: `trainer.log_dir` is a collective
         if trainer.is_global_zero:
             self.last_paths = self._write(trainer, folder, images, gates_SBM, grid_hw)

@@ -1,5 +1,7 @@
 """Sample-grid callback: PNG grid equals the generated images, TensorBoard tags, gate heat-map, fixed protocol."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,12 @@ from cheers_pl.callbacks.image_samples import (
     ImageSamplesCallback,
     ImageSamplesConfig,
     figure_to_array,
+    hfi_balance,
+    injection_ratio,
     render_gate_heatmap,
 )
 from cheers_pl.data.processing import to_unit
+from cheers_pl.model.flow_head import HighFrequencyInjection
 from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 
@@ -100,3 +105,31 @@ def test_render_gate_heatmap_shapes_and_errors() -> None:
 def test_config_validation_names_field(field, value) -> None:
     with pytest.raises(ValueError, match=f"callbacks.image_samples.{field}"):
         ImageSamplesConfig(**{field: value})
+
+
+def _holder(hfi: torch.nn.Module) -> SimpleNamespace:
+    return SimpleNamespace(model=SimpleNamespace(flow_head=SimpleNamespace(hfi=hfi)))
+
+
+def test_hfi_balance_measures_the_injected_share_and_removes_its_hook() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z, detail = torch.randn(2, 5, 8, generator=gen), 3 * torch.randn(2, 5, 8, generator=gen)
+    constant = HighFrequencyInjection(8, "constant", constant_gate=2.0)
+    with hfi_balance(_holder(constant)) as records:
+        constant(z, detail)
+        constant(z, detail)
+    expected = 2 * detail.norm(dim=-1).mean() / z.norm(dim=-1).mean()
+    assert len(records) == 2 and injection_ratio(records) == pytest.approx(float(expected), rel=1e-5)
+    constant(z, detail)
+    assert len(records) == 2  # the hook is gone after the block
+
+    gated = HighFrequencyInjection(8, "gated")  # zero-initialised gate: nothing injected
+    with hfi_balance(_holder(gated)) as records:
+        gated(z, detail)
+    assert injection_ratio(records) == 0.0
+
+
+def test_hfi_balance_without_a_flow_head_records_nothing() -> None:
+    with hfi_balance(SimpleNamespace()) as records:
+        pass
+    assert records == [] and injection_ratio(records) is None
