@@ -25,7 +25,16 @@ ABLATIONS = {
         "data.max_seq_len": 192,
     },
     "ablate_und_only": {"data.task_weights.generation": 0.0},
-    "ablate_latents": {"model.vision.encoder_input": "latents"},
+    "ablate_latents": {
+        "model.vision.encoder_input": "latents",
+        # the new latent embedding trains (a random frozen one made the arm unfair)
+        "stage.trainable": [
+            "model.vision.compressor.*",
+            "model.vision.latent_embed.*",
+            "model.llm.*",
+            "model.flow_head.*",
+        ],
+    },
 }
 
 
