@@ -19,9 +19,7 @@ References:
 Legend: B prompts, H/W image size, S sampling steps, M = h·w semantic-grid tokens.
 """
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from cheers_pl.callbacks.common import (
     output_dir,
 )
 from cheers_pl.data.processing import to_uint8, to_unit
+from cheers_pl.model.flow_head import hfi_balance
 
 DEFAULT_PROMPTS = [  # one per GenEval-style category of the synthetic world (DESIGN.md §5), plus texture and digit
     "a large red solid circle",
@@ -114,35 +113,12 @@ def render_gate_heatmap(
     return fig
 
 
-@contextlib.contextmanager
-def hfi_balance(pl_module: object) -> Iterator[list[tuple[float, float]]]:
-    """Records, for every HFI call inside the block, the mean per-token norms (‖Z'‖, ‖g·S‖) that enter the HFI
-    LayerNorm. The list stays empty when `pl_module` has no `model.flow_head.hfi` module (or S is absent)."""
-    records: list[tuple[float, float]] = []
-    hfi = getattr(getattr(getattr(pl_module, "model", None), "flow_head", None), "hfi", None)
-    if not isinstance(hfi, torch.nn.Module):
-        yield records
-        return
-
-    def keep(_module: torch.nn.Module, inputs: tuple, out: tuple) -> None:
-        z_BMC, detail_BMC = inputs
-        if detail_BMC is not None:
-            injected_BMC = out[1].unsqueeze(-1) * detail_BMC
-            records.append((float(z_BMC.norm(dim=-1).mean()), float(injected_BMC.norm(dim=-1).mean())))
-
-    handle = hfi.register_forward_hook(keep)
-    try:
-        yield records
-    finally:
-        handle.remove()
-
-
-def injection_ratio(records: list[tuple[float, float]]) -> float | None:
+def injection_ratio(records: list[dict[str, torch.Tensor]]) -> float | None:
     """Mean ‖g·S‖ / mean ‖Z'‖ over `hfi_balance` records (None when there are none)."""
     if not records:
         return None
-    z_norm = sum(r[0] for r in records) / len(records)
-    return sum(r[1] for r in records) / len(records) / max(z_norm, 1e-12)
+    z_norm = float(torch.stack([r["z_norm"] for r in records]).mean())
+    return float(torch.stack([r["gs_norm"] for r in records]).mean()) / max(z_norm, 1e-12)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -164,7 +140,7 @@ class ImageSamplesCallback(PeriodicValidationCallback):
             return
         self.active = False
         cfg = self.cfg
-        with hfi_balance(pl_module) as balance:
+        with hfi_balance(getattr(getattr(pl_module, "model", None), "flow_head", None)) as balance:
             images, gates_SBM, grid_hw = generate(
                 pl_module,
                 list(cfg.prompts),

@@ -30,6 +30,7 @@ from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.data.synthetic_text import captions
 from cheers_pl.diagnose.probes import scenes
 from cheers_pl.eval.reconstruction import parser_recovery
+from cheers_pl.model.flow_head import hfi_balance
 from cheers_pl.objective.sampling import solve
 
 
@@ -67,40 +68,32 @@ def run_conditioning(
     def keep_head(_m: Any, _i: Any, out: Any) -> None:
         seen["head"] = out[0] if isinstance(out, tuple) else out
 
-    def keep_hfi(_m: Any, inputs: tuple, out: tuple) -> None:
-        z_BMC, detail_BMC = inputs
-        g_BM = out[1]
-        injected = torch.zeros_like(z_BMC) if detail_BMC is None else g_BM.unsqueeze(-1) * detail_BMC
-        seen["z_norm"] = z_BMC.norm(dim=-1).mean()
-        seen["gs_norm"] = injected.norm(dim=-1).mean()
-        seen["gate"] = g_BM.mean()
-
-    hooks = [head.stage1.register_forward_hook(keep_stage1), head.register_forward_hook(keep_head),
-             head.hfi.register_forward_hook(keep_hfi)]  # fmt: skip
+    hooks = [head.stage1.register_forward_hook(keep_stage1), head.register_forward_hook(keep_head)]
     generator = torch.Generator().manual_seed(seed)
-    try:
-        x1 = model.vision.encode(images.to(next(model.parameters()).device))
-        fields = [pipeline.velocity_fn(p, 1.0) for p in (prompts, rotated)]
-        out: dict[str, Any] = {"num_scenes": num_scenes, "prompts": prompts[:4], "per_t": {}}
-        for t in ts:
-            x0 = torch.randn(x1.shape, generator=generator).to(x1)
-            t_B = torch.full((num_scenes,), float(t), device=x1.device, dtype=x1.dtype)
-            z_t = t * x1 + (1 - t) * x0
-            runs = []
-            for fn in fields:
-                fn(z_t, t_B)
-                runs.append(dict(seen))
-            a, b = runs
-            out["per_t"][f"t={t}"] = {
-                "stage1_change": _relative(a["stage1"], b["stage1"]),
-                "head_change": _relative(a["head"], b["head"]),
-                "z_norm": round(float(a["z_norm"]), 3),
-                "gs_norm": round(float(a["gs_norm"]), 3),
-                "gate_mean": round(float(a["gate"]), 3),
-            }
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with hfi_balance(head) as balance:
+        try:
+            x1 = model.vision.encode(images.to(next(model.parameters()).device))
+            fields = [pipeline.velocity_fn(p, 1.0) for p in (prompts, rotated)]
+            out: dict[str, Any] = {"num_scenes": num_scenes, "prompts": prompts[:4], "per_t": {}}
+            for t in ts:
+                x0 = torch.randn(x1.shape, generator=generator).to(x1)
+                t_B = torch.full((num_scenes,), float(t), device=x1.device, dtype=x1.dtype)
+                z_t = t * x1 + (1 - t) * x0
+                runs = []
+                for fn in fields:
+                    fn(z_t, t_B)
+                    runs.append({**seen, **balance[-1]})  # the HFI call of this evaluation
+                a, b = runs
+                out["per_t"][f"t={t}"] = {
+                    "stage1_change": _relative(a["stage1"], b["stage1"]),
+                    "head_change": _relative(a["head"], b["head"]),
+                    "z_norm": round(float(a["z_norm"]), 3),
+                    "gs_norm": round(float(a["gs_norm"]), 3),
+                    "gate_mean": round(float(a["gate"]), 3),
+                }
+        finally:
+            for hook in hooks:
+                hook.remove()
     return out
 
 

@@ -27,6 +27,8 @@ References:
     Cheers, arXiv 2603.12793, §3 (cascaded flow matching, gated HFI); Peebles & Xie, DiT, ICCV 2023.
 """
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -266,6 +268,31 @@ class HighFrequencyInjection(nn.Module):
         else:
             g_BM = z_BMC.new_full(z_BMC.shape[:2], self.constant_gate)
         return self.norm(z_BMC + g_BM.unsqueeze(-1) * detail_BMC), g_BM
+
+
+@contextlib.contextmanager
+def hfi_balance(head: nn.Module | None) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Records, for every HFI call of `head` inside the block, the mean per-token norms of Z' ("z_norm") and of g·S
+    ("gs_norm", 0 where S is absent) that enter the HFI LayerNorm, and the mean gate ("gate"), as detached scalars
+    (no device sync per call). The list stays empty when `head` is None or has no `hfi` module."""
+    records: list[dict[str, torch.Tensor]] = []
+    hfi = getattr(head, "hfi", None)
+    if not isinstance(hfi, nn.Module):
+        yield records
+        return
+
+    def keep(_module: nn.Module, inputs: tuple, out: tuple) -> None:
+        z_BMC, detail_BMC = inputs
+        g_BM = out[1]
+        injected_BMC = torch.zeros_like(z_BMC) if detail_BMC is None else g_BM.unsqueeze(-1) * detail_BMC
+        norms = {"z_norm": z_BMC, "gs_norm": injected_BMC}
+        records.append({**{k: v.detach().norm(dim=-1).mean() for k, v in norms.items()}, "gate": g_BM.detach().mean()})
+
+    handle = hfi.register_forward_hook(keep)
+    try:
+        yield records
+    finally:
+        handle.remove()
 
 
 class FlowHead(nn.Module):

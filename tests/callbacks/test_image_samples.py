@@ -14,12 +14,11 @@ from cheers_pl.callbacks.image_samples import (
     ImageSamplesCallback,
     ImageSamplesConfig,
     figure_to_array,
-    hfi_balance,
     injection_ratio,
     render_gate_heatmap,
 )
 from cheers_pl.data.processing import to_unit
-from cheers_pl.model.flow_head import HighFrequencyInjection
+from cheers_pl.model.flow_head import HighFrequencyInjection, hfi_balance
 from tests.callbacks._generation_fakes import FakeStage, make_data, make_trainer
 
 
@@ -107,15 +106,11 @@ def test_config_validation_names_field(field, value) -> None:
         ImageSamplesConfig(**{field: value})
 
 
-def _holder(hfi: torch.nn.Module) -> SimpleNamespace:
-    return SimpleNamespace(model=SimpleNamespace(flow_head=SimpleNamespace(hfi=hfi)))
-
-
 def test_hfi_balance_measures_the_injected_share_and_removes_its_hook() -> None:
     gen = torch.Generator().manual_seed(0)
     z, detail = torch.randn(2, 5, 8, generator=gen), 3 * torch.randn(2, 5, 8, generator=gen)
     constant = HighFrequencyInjection(8, "constant", constant_gate=2.0)
-    with hfi_balance(_holder(constant)) as records:
+    with hfi_balance(SimpleNamespace(hfi=constant)) as records:
         constant(z, detail)
         constant(z, detail)
     expected = 2 * detail.norm(dim=-1).mean() / z.norm(dim=-1).mean()
@@ -124,7 +119,7 @@ def test_hfi_balance_measures_the_injected_share_and_removes_its_hook() -> None:
     assert len(records) == 2  # the hook is gone after the block
 
     gated = HighFrequencyInjection(8, "gated")  # zero-initialised gate: nothing injected
-    with hfi_balance(_holder(gated)) as records:
+    with hfi_balance(SimpleNamespace(hfi=gated)) as records:
         gated(z, detail)
     assert injection_ratio(records) == 0.0
 
