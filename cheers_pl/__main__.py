@@ -1,8 +1,7 @@
 """`python -m cheers_pl <command> ...`: a thin shell over `cheers_pl.cli` (R12)."""
 
-import sys
-
 from cheers_pl.cli import main
+from cheers_pl.train import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -43,6 +43,7 @@ DRIVER = textwrap.dedent("""
     build = train.build_trainer
     train.build_trainer = lambda c: build(c, [Recorder()])
     train.run(cfg)
+    train.exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
 """)
 
 
@@ -78,3 +79,25 @@ def test_logged_loss_is_the_mean_over_ranks(ranks: list[dict]) -> None:
     r0, r1 = ranks
     assert r0["logged"] == pytest.approx(r1["logged"])
     assert r0["logged"] == pytest.approx([(a + b) / 2 for a, b in zip(r0["loss"], r1["loss"], strict=True)])
+
+
+EXIT_DRIVER = textwrap.dedent("""
+    import sys, torch
+    from cheers_pl import train
+    if sys.argv[1] == "group":
+        store = torch.distributed.FileStore(sys.argv[2], 1)
+        torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    print("written before the exit", end="")  # no newline: only a flush brings it out
+    train.exit_process(int(sys.argv[3]))
+    print("not reached")
+""")
+
+
+@pytest.mark.parametrize("group", ["group", "none"])
+def test_exit_process_ends_with_the_code_and_flushes(group: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_DRIVER, group, str(tmp_path / "store"), "3"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "written before the exit"

@@ -152,6 +152,7 @@ DRIVER = textwrap.dedent("""
     run("ref", [])
     cut = run("cut", [StopAt()])
     run("cut", [], f"resume_from={cut['checkpoint']}")
+    train.exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
 """)
 
 
