@@ -26,6 +26,10 @@ import torch
 from cheers_pl.objective.sampling import warp_time
 
 T_SAMPLINGS = ("uniform", "logit_normal")
+# per-sample weights of the velocity MSE: "none" (the paper), or "data": max(1 − t, gap)², which makes the weighted
+# velocity MSE the MSE of the data estimate x̂1 = x_t + (1 − t)·v̂ (any prediction), so times near noise, where only
+# the prompt tells what x1 is, weigh as much as times near data
+LOSS_WEIGHTINGS = ("none", "data")
 PREDICTIONS = ("velocity", "data")  # what the network's output means
 # 1 − t is clamped at this value when a data prediction becomes a velocity (the division blows up at t = 1; JiT: 0.05)
 DATA_PREDICTION_MIN_GAP = 0.05
@@ -43,6 +47,7 @@ class FlowMatchingConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    loss_weighting: str = "none"  # a `LOSS_WEIGHTINGS` value
 
     def __post_init__(self) -> None:
         if self.t_sampling not in T_SAMPLINGS:
@@ -51,6 +56,10 @@ class FlowMatchingConfig:
             raise ValueError(f"FlowMatchingConfig.logit_std must be positive, got {self.logit_std}")
         if self.shift <= 0:
             raise ValueError(f"FlowMatchingConfig.shift must be positive, got {self.shift}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"FlowMatchingConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
 
 
 def sample_t(
@@ -164,6 +173,7 @@ def training_losses(
     x0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     understanding_zero_target: bool = False,
+    loss_weighting: str = "none",
 ) -> FlowTerms:
     """Noise → `x_t` → `network(x_t, t)` → velocity loss against `x1 − x0`.
 
@@ -175,9 +185,17 @@ def training_losses(
         weight_B: Per-sample loss weights (see `flow_loss`); None weighs all equally.
         x0: The noise; default a fresh draw (`noise_like`, from `generator` when given).
         understanding_zero_target: See `flow_loss`.
+        loss_weighting: A `LOSS_WEIGHTINGS` value; "data" multiplies `weight_B` by max(1 − t, gap)².
     """
     if t_B.shape != x1.shape[:1]:
         raise ValueError(f"t_B must have shape ({x1.shape[0]},), got {tuple(t_B.shape)}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+    if loss_weighting == "data" and understanding_zero_target:
+        raise ValueError("loss_weighting='data' weighs generation rows; the zero-target variant weighs all slots alike")
+    if loss_weighting == "data":
+        gap_B = (1 - t_B.float()).clamp_min(DATA_PREDICTION_MIN_GAP).pow(2)
+        weight_B = gap_B if weight_B is None else weight_B.to(gap_B) * gap_B
     x0 = noise_like(x1, generator) if x0 is None else x0.to(x1)
     x_t = interpolate(x0, x1, t_B)
     output = network(x_t, t_B.to(x1.dtype))

@@ -175,7 +175,14 @@ class MultimodalStage(StageModule):
             )
 
         x0_G = None if x0 is None else x0[rows_R[gen_G]]
-        flow = training_losses(network, x1_R[gen_G], t_B[rows_R[gen_G]], weight_G, x0=x0_G)
+        flow = training_losses(
+            network,
+            x1_R[gen_G],
+            t_B[rows_R[gen_G]],
+            weight_G,
+            x0=x0_G,
+            loss_weighting=self.stage_cfg.flow.loss_weighting,
+        )
         return self._total(flow.output.logits, batch.labels, flow.loss)
 
     def _losses_every_image_row(
@@ -190,7 +197,10 @@ class MultimodalStage(StageModule):
             return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R, segment_ids=batch.segment_ids)
 
         x0_R = None if x0 is None else x0[rows_R]
-        flow = training_losses(network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True)
+        flow = training_losses(
+            network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True,
+            loss_weighting=self.stage_cfg.flow.loss_weighting,
+        )  # fmt: skip
         return self._total(flow.output.logits, batch.labels, flow.loss)
 
     def _total(self, logits: torch.Tensor, labels: torch.Tensor, flow: torch.Tensor) -> dict[str, torch.Tensor]:

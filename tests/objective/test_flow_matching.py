@@ -110,6 +110,8 @@ def test_config_validation():
         FlowMatchingConfig(t_sampling="beta")
     with pytest.raises(ValueError, match="shift"):
         FlowMatchingConfig(shift=0.0)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        FlowMatchingConfig(loss_weighting="snr")
 
 
 def test_training_losses_oracle_network_gives_zero_and_sees_the_path():
@@ -160,3 +162,28 @@ def test_data_prediction_oracle_is_the_true_velocity_and_euler_lands_on_it():
     torch.testing.assert_close(out, x1, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="prediction must be one of"):
         velocity_from_prediction(x1, x_t, t, "noise")
+
+
+def test_data_weighting_is_the_mse_of_the_data_estimate():
+    """With loss_weighting="data" the loss is the (1 − t)²-weighted mean of the velocity MSEs, i.e. the MSE of the
+    data estimate x̂1 = x_t + (1 − t)·v̂ normalised by the weights; generation-slot weights still mask rows; the
+    oracle still scores zero; the zero-target variant refuses it."""
+    x1, x0 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    t = torch.tensor([0.0, 0.5, 0.9, 0.2])  # all below the clamp of 1 − t
+    v_hat = torch.randn_like(x1)
+    net = lambda x_t, t_B: SimpleNamespace(velocity=v_hat)  # noqa: E731
+    out = training_losses(net, x1, t, x0=x0, loss_weighting="data")
+    x_hat = interpolate(x0, x1, t) + (1 - t).view(-1, 1, 1, 1) * v_hat
+    w = (1 - t).pow(2)
+    torch.testing.assert_close(out.loss, (x_hat - x1).pow(2).flatten(1).mean(1).sum() / w.sum())
+    plain = training_losses(net, x1, t, x0=x0)
+    assert not torch.isclose(out.loss, plain.loss)  # the weighting changes the loss
+    masked = training_losses(net, x1, t, torch.tensor([1.0, 0.0, 1.0, 0.0]), x0=x0, loss_weighting="data")
+    mse = (v_hat - (x1 - x0)).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(masked.loss, (w[0] * mse[0] + w[2] * mse[2]) / (w[0] + w[2]))
+    oracle = training_losses(lambda x_t, t_B: SimpleNamespace(velocity=x1 - x0), x1, t, x0=x0, loss_weighting="data")
+    assert oracle.loss == 0
+    with pytest.raises(ValueError, match="zero-target"):
+        training_losses(net, x1, t, torch.ones(4), x0=x0, understanding_zero_target=True, loss_weighting="data")
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        training_losses(net, x1, t, x0=x0, loss_weighting="snr")
