@@ -15,6 +15,9 @@ Noise seen by the flow head: the head reads z_t only through D(z_t) (the detail 
 the semantic tokens), yet its target x1 − x0 needs the noise x0. A least-squares probe per latent position (fitted on
 80 % of the positions, scored by R² on the rest) measures how much of x0 is linearly recoverable from S(D(z_t)),
 against z_t itself as the reference; where S(D(z_t)) carries none, the flow loss cannot fall below ≈ Var(x0).
+Objects D shows in noise: the scene parser's mean object count in D(z_t) of the test scenes at t = 0 (pure noise, no
+object there) and small t, against their true count. Where D renders noise as object-like fragments, sampling starts
+from phantom objects that the head sees as real ones.
 
 Shape legend: B images, O objects, F features, C channels, g grid side.
 """
@@ -30,6 +33,7 @@ from cheers_pl.data.processing import to_uint8, to_unit
 from cheers_pl.data.synthetic import make_sample
 from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
 from cheers_pl.eval.reconstruction import parser_recovery, psnr
+from cheers_pl.eval.scene_parser import parse_scene
 
 OBJECT_TARGETS = ("shape", "color", "texture", "size", "digit", "region")
 FEATURES = ("pixels", "semantic", "llm")
@@ -79,6 +83,24 @@ def noise_recoverability(
             noise.append(x0.flatten(2).transpose(1, 2).flatten(0, 1))
         d, z, y = torch.cat(detail), torch.cat(noisy), torch.cat(noise)
         out[f"t={t}"] = {"detail": _ridge_r2(d, y), "z_t": _ridge_r2(z, y), "both": _ridge_r2(torch.cat([d, z], 1), y)}
+    return out
+
+
+@torch.no_grad()
+def phantom_objects(
+    vision: nn.Module, images_B3HW: torch.Tensor, scene_list: Sequence[Scene], cfg: SyntheticConfig,
+    ts: Sequence[float] = (0.0, 0.3), seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Per t: the mean number of objects the scene parser finds in D(z_t), and the scenes' true mean count."""
+    generator = torch.Generator().manual_seed(seed)
+    x1 = torch.cat([vision.encode(images_B3HW[start : start + 64]) for start in range(0, len(images_B3HW), 64)])
+    x0 = torch.randn(x1.shape, generator=generator).to(x1)
+    out: dict[str, Any] = {"true": round(float(np.mean([len(s.objects) for s in scene_list])), 3)}
+    for t in ts:
+        z_t = t * x1 + (1 - t) * x0
+        decoded = torch.cat([vision.decode_pixels(z_t[start : start + 64]) for start in range(0, len(z_t), 64)])
+        images = to_uint8(decoded.clamp(-1, 1)).permute(0, 2, 3, 1).cpu().numpy()
+        out[f"t={t}"] = round(float(np.mean([len(parse_scene(image, cfg)) for image in images])), 3)
     return out
 
 
@@ -190,5 +212,12 @@ def run_probes(
         "parser_recovery": parser_recovery(to_uint8(decoded), test_scenes, cfg),
     }
     noise = noise_recoverability(vision, test_images)
+    phantoms = phantom_objects(vision, test_images, test_scenes, cfg)
     protocol = {"num_train_scenes": num_train, "num_test_scenes": num_test, "probe_steps": steps, "window": WINDOW}
-    return {"probes": probes, "decoder_t1": fidelity, "noise_r2": noise, "protocol": protocol}
+    return {
+        "probes": probes,
+        "decoder_t1": fidelity,
+        "noise_r2": noise,
+        "noise_objects": phantoms,
+        "protocol": protocol,
+    }

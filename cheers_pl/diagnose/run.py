@@ -174,6 +174,11 @@ def markdown(report: dict[str, Any]) -> str:
             cells = "; ".join(f"{t}: S(D(z_t)) {r['detail']:.3f}, z_t {r['z_t']:.3f}, both {r['both']:.3f}"
                               for t, r in p["noise_r2"].items())  # fmt: skip
             lines += [f"Noise x0 the flow head can see (R² of a linear probe per latent position): {cells}", ""]
+        if "noise_objects" in p:
+            o = p["noise_objects"]
+            cells = "; ".join(f"{k}: {v}" for k, v in o.items() if k != "true")
+            lines += [f"Objects the scene parser finds in D(z_t) of the test scenes (mean per image; true count "
+                      f"{o['true']}): {cells}", ""]  # fmt: skip
     if "binding" in report:
         b = report["binding"]
         lines += ["## 1b Binding image tokens to answers (64 examples, the same questions of different images)", ""]

@@ -47,6 +47,10 @@ def test_probes_find_what_the_committed_tokenizer_carries(tokenizer_ckpt: Path) 
     # the reference can fail: z_t = t·x1 + (1 − t)·x0 holds x0 linearly, more of it the closer t is to noise
     assert noise["t=0.3"]["z_t"] > 0.6 and noise["t=0.3"]["z_t"] > noise["t=0.7"]["z_t"], noise
     assert all(r["both"] >= max(r["detail"], r["z_t"]) - 0.02 for r in noise.values()), noise
+    # the committed D renders pure noise as object-like fragments: the parser finds objects where there are none
+    phantoms = out["noise_objects"]
+    assert set(phantoms) == {"true", "t=0.0", "t=0.3"} and 1 <= phantoms["true"] <= 4, phantoms
+    assert phantoms["t=0.0"] > phantoms["true"], phantoms
 
 
 def test_cli_profile_part_writes_both_reports(tokenizer_ckpt: Path, tmp_path: Path, capsys) -> None:
