@@ -9,13 +9,10 @@ loads a full checkpoint with its own unpickler, which ignores `weights_only`.
 
 import atexit
 import logging
-import os
-import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
@@ -28,6 +25,7 @@ from cheers_pl.callbacks.rng import RNGIsolation
 from cheers_pl.checkpoint import AtomicCheckpointIO, check_stage_checkpoint, read_checkpoint, saved_config
 from cheers_pl.config import ExperimentConfig, save_config
 from cheers_pl.data.datamodule import CheersDataModule
+from cheers_pl.process import end_process_group
 from cheers_pl.stage import build_stage
 from cheers_pl.strategies import trainer_kwargs
 
@@ -64,29 +62,6 @@ def check_resume(cfg: ExperimentConfig) -> None:
         raise ValueError(f"resume_from={cfg.resume_from!r}: a checkpoint of stage {stage!r}, not {cfg.stage.name!r}")
 
 
-def _end_process_group() -> None:
-    """At interpreter exit, tears down the default process group that Lightning leaves up: a gloo group left to the
-    exit itself once aborted a finished 2-rank run ("terminate called without an active exception", exit -6). Not
-    after each fit: a process that trains again (ablate, resume tests) reuses the group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def exit_process(code: int) -> None:
-    """Ends the process with `code`. After a multi-process run (a process group was set up here), the group is torn
-    down, stdio flushed and the exit immediate (`os._exit`): the interpreter's own teardown of a finished gloo run
-    still aborted it now and then ("terminate called without an active exception", exit -6, seen in the 2-rank
-    FSDP test after every output was written), even with the group destroyed at exit. Everything a run writes
-    (checkpoints, TensorBoard events, the result) is on disk before `train.run` returns, so nothing is skipped."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        sys.exit(code)
-    _end_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
-
-
 def run(cfg: ExperimentConfig) -> dict:
     """Trains the experiment's stage; returns the run directory, the last checkpoint and the final metrics."""
     if cfg.stage is None:
@@ -112,8 +87,8 @@ def run(cfg: ExperimentConfig) -> dict:
         raise OSError(f"training finished at step {trainer.global_step} but the final {error}")
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.world_size > 1:
-        atexit.unregister(_end_process_group)
-        atexit.register(_end_process_group)
+        atexit.unregister(end_process_group)
+        atexit.register(end_process_group)
     sigterm = next((c for c in trainer.callbacks if isinstance(c, SigtermCheckpoint) and c.requested), None)
     stopped = {"stopped_by": "SIGTERM"} if sigterm is not None else {}
     return {"run_dir": str(cfg.run_dir), "checkpoint": str(last), "global_step": trainer.global_step, **stopped,

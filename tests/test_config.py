@@ -89,3 +89,11 @@ def test_experiment_base_inherits_and_cycles_are_errors(tmp_path: Path) -> None:
     (tmp_path / "experiment" / "a.yaml").write_text("base: b\n")
     with pytest.raises(ValueError, match="cycle"):
         compose("b", conf_dir=tmp_path)
+
+
+def test_data_loss_weighting_and_the_zero_target_variant_are_exclusive() -> None:
+    assert compose("tiny_generation", ["stage.flow.loss_weighting=data"]).stage.flow.loss_weighting == "data"
+    with pytest.raises(ValueError, match="loss_weighting='data' weighs generation rows"):
+        compose("tiny_generation", ["stage.understanding_zero_target=true", "stage.flow.loss_weighting=data"])
+    with pytest.raises(ValueError, match="loss_weighting"):
+        compose("tiny_generation", ["stage.flow.loss_weighting=snr"])

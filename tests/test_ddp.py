@@ -13,6 +13,7 @@ DRIVER = textwrap.dedent("""
     import json, sys
     import lightning as L
     from cheers_pl import train
+    from cheers_pl.process import exit_process
     from cheers_pl.config import compose
 
     shard_dir, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -43,7 +44,7 @@ DRIVER = textwrap.dedent("""
     build = train.build_trainer
     train.build_trainer = lambda c: build(c, [Recorder()])
     train.run(cfg)
-    train.exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
+    exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
 """)
 
 
@@ -83,12 +84,12 @@ def test_logged_loss_is_the_mean_over_ranks(ranks: list[dict]) -> None:
 
 EXIT_DRIVER = textwrap.dedent("""
     import sys, torch
-    from cheers_pl import train
+    from cheers_pl.process import exit_process
     if sys.argv[1] == "group":
         store = torch.distributed.FileStore(sys.argv[2], 1)
         torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     print("written before the exit", end="")  # no newline: only a flush brings it out
-    train.exit_process(int(sys.argv[3]))
+    exit_process(int(sys.argv[3]))
     print("not reached")
 """)
 

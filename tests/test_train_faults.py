@@ -46,7 +46,9 @@ def _start(tmp_path: Path, shard_dir: Path, name: str, trace: Path, *extra: str)
         "stage.optim.warmup_frac=0.2", f"checkpoint.every_n_steps={EVERY}", f"output_root={tmp_path / 'runs'}",
         f"name={name}", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "CHEERS_TEST_TRACE": str(trace)}
+    # one thread each: two training processes side by side with a pool of 2 threads on 2 cores slow each other down
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "CHEERS_TEST_TRACE": str(trace),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "cheers_pl", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 

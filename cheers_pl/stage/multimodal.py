@@ -45,6 +45,11 @@ class MultimodalStageConfig(StageConfig):
             raise ValueError(f"stage.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         if self.cache_max_items < 0:
             raise ValueError(f"stage.cache_max_items must be >= 0, got {self.cache_max_items}")
+        if self.understanding_zero_target and self.flow.loss_weighting != "none":
+            raise ValueError(
+                f"stage.flow.loss_weighting={self.flow.loss_weighting!r} weighs generation rows; "
+                "stage.understanding_zero_target=true weighs every image slot alike: set one of them"
+            )
 
 
 class MultimodalStage(StageModule):

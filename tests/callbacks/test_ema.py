@@ -82,6 +82,7 @@ DRIVER = textwrap.dedent("""
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from cheers_pl import train
+    from cheers_pl.process import exit_process
     from cheers_pl.callbacks.ema import EMACallback, trainable
     from cheers_pl.callbacks.nonfinite import NonFiniteGuard
     from cheers_pl.config import compose
@@ -152,7 +153,7 @@ DRIVER = textwrap.dedent("""
     run("ref", [])
     cut = run("cut", [StopAt()])
     run("cut", [], f"resume_from={cut['checkpoint']}")
-    train.exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
+    exit_process(0)  # as `python -m cheers_pl` ends: no interpreter teardown of the gloo group
 """)
 
 
