@@ -66,12 +66,18 @@ def _ridge_r2(x_NF: torch.Tensor, y_NK: torch.Tensor, split: float = 0.8) -> flo
 
 
 @torch.no_grad()
+def _encode(vision: nn.Module, images_B3HW: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The latents x1 B,P,h,w of `images_B3HW`, encoded `batch_size` at a time."""
+    return torch.cat([vision.encode(chunk) for chunk in images_B3HW.split(batch_size)])
+
+
+@torch.no_grad()
 def noise_recoverability(
     vision: nn.Module, images_B3HW: torch.Tensor, ts: Sequence[float] = (0.3, 0.7), seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Per t: R² of the noise x0 from the detail residual S(D(z_t)), from z_t itself, and from both (module doc)."""
     generator = torch.Generator().manual_seed(seed)
-    latents = [vision.encode(images_B3HW[start : start + 64]) for start in range(0, len(images_B3HW), 64)]  # B,P,h,w
+    latents = list(_encode(vision, images_B3HW).split(64))  # B,P,h,w
     out = {}
     for t in ts:
         detail, noisy, noise = [], [], []
@@ -93,7 +99,7 @@ def phantom_objects(
 ) -> dict[str, Any]:  # fmt: skip
     """Per t: the mean number of objects the scene parser finds in D(z_t), and the scenes' true mean count."""
     generator = torch.Generator().manual_seed(seed)
-    x1 = torch.cat([vision.encode(images_B3HW[start : start + 64]) for start in range(0, len(images_B3HW), 64)])
+    x1 = _encode(vision, images_B3HW)
     x0 = torch.randn(x1.shape, generator=generator).to(x1)
     out: dict[str, Any] = {"true": round(float(np.mean([len(s.objects) for s in scene_list])), 3)}
     for t in ts:

@@ -202,10 +202,8 @@ class MultimodalStage(StageModule):
             return self.model(input_ids, batch.pad_mask, batch.block_ids, z_t_R, t_R, segment_ids=batch.segment_ids)
 
         x0_R = None if x0 is None else x0[rows_R]
-        flow = training_losses(
-            network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True,
-            loss_weighting=self.stage_cfg.flow.loss_weighting,
-        )  # fmt: skip
+        # (the config refuses a loss weighting with this variant)
+        flow = training_losses(network, x1_R, t_B[rows_R], is_gen_R, x0=x0_R, understanding_zero_target=True)
         return self._total(flow.output.logits, batch.labels, flow.loss)
 
     def _total(self, logits: torch.Tensor, labels: torch.Tensor, flow: torch.Tensor) -> dict[str, torch.Tensor]:
