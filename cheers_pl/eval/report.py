@@ -64,6 +64,15 @@ def _generation_md(section: dict[str, Any]) -> list[str]:
 
 def _understanding_md(section: dict[str, Any]) -> list[str]:
     lines = _scores_table(section, "category")
+    if section.get("binding"):
+        lines += ["", "Binding: attribute questions about one referred object, by the scene's object count, beside the "
+                  "accuracy of naming any object's attribute (`any object`):", ""]  # fmt: skip
+        rows = [
+            [category, group, m["questions"], m["accuracy"], m["any_object"], f"{m['wrong_present']}/{m['wrong']}"]
+            for category, groups in section["binding"].items()
+            for group, m in groups.items()
+        ]
+        lines += _table(["category", "objects", "questions", "accuracy", "any object", "wrong answers in scene"], rows)
     if section.get("examples"):
         lines += ["", "Examples:", ""]
         rows = [[e["category"], e["question"], e["answer"], e["prediction"], e["correct"]] for e in section["examples"]]

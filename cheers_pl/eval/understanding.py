@@ -8,6 +8,14 @@ per category and `overall` over all questions (MMBench-style), plus `held_out` /
 scenes built around a held-out composition (`meta["held_out"]` non-empty: an unseen colour-shape pair or object
 count) vs the rest.
 
+Binding (`binding_scores`): a question about one referred object's colour, shape or texture can be answered without
+finding that object, by naming the attribute of any object in the scene. Where the split's metadata holds the scene
+(`meta["scene"]["objects"]`), the section also reports, per such category and by the scene's object count, the
+accuracy beside that shortcut's expected accuracy (the share of the scene's objects that carry the asked value,
+averaged over the questions) and how many wrong answers still name a value present in the scene. Accuracy at the
+shortcut's level with every wrong answer present in the scene means the model reads the scene's attributes but does
+not bind them to the referred object.
+
 References:
     Liu et al., "MMBench: Is Your Multi-modal Model an All-around Player?", 2023 (per-category exact match).
 
@@ -21,11 +29,19 @@ from typing import Any
 import torch
 
 from cheers_pl.data.processing import decode_image, understanding_transform
+from cheers_pl.data.synthetic_text import TEXTURE_ADJ
 from cheers_pl.data.tasks import parse_raw
 from cheers_pl.data.webdataset import EventCounter, SkipSample, raw_samples, resolve_shards
 from cheers_pl.eval.vqa import accuracies_from_counts, exact_match_counts, normalize_answer
 
 GROUPS: tuple[str, ...] = ("held_out", "in_distribution")
+# the attribute questions `binding_scores` reads: category -> (the scene object's key it asks about, the answer word of
+# each value where the two differ, e.g. texture "stripes" is answered "striped")
+BINDING_ATTRIBUTES: dict[str, tuple[str, dict[str, str]]] = {
+    "color": ("color", {}),
+    "shape": ("shape", {}),
+    "texture": ("texture", TEXTURE_ADJ),
+}
 AnswerFn = Callable[[torch.Tensor, list[str]], list[str]]
 
 
@@ -39,6 +55,7 @@ class VQAItem:
     answer: str
     category: str
     held_out: bool
+    objects: tuple[dict, ...] = ()  # the scene's objects (`meta["scene"]["objects"]`), when the metadata has them
 
 
 def load_vqa_items(shards: str, image_size: int, max_questions: int) -> tuple[list[VQAItem], dict[str, int], int]:
@@ -68,13 +85,14 @@ def load_vqa_items(shards: str, image_size: int, max_questions: int) -> tuple[li
         num_samples += 1
         image = understanding_transform(img, image_size)
         held_out = bool(meta.get("held_out"))
+        scene = meta.get("scene")
+        objects = tuple(o for o in scene.get("objects", ()) if isinstance(o, dict)) if isinstance(scene, dict) else ()
         for qa in meta.get("qa", []):
             if not (isinstance(qa, dict) and "question" in qa and "answer" in qa):
                 continue
             category = str(qa.get("category", "other"))
-            items.append(
-                VQAItem(raw.get("__key__", "?"), image, str(qa["question"]), str(qa["answer"]), category, held_out)
-            )
+            key = raw.get("__key__", "?")
+            items.append(VQAItem(key, image, str(qa["question"]), str(qa["answer"]), category, held_out, objects))
             if len(items) >= max_questions:
                 return items, dict(counter.total), num_samples
     return items, dict(counter.total), num_samples
@@ -90,6 +108,45 @@ def group_counts(correct: Sequence[bool], items: Sequence[VQAItem]) -> dict[str,
     return counts
 
 
+def binding_scores(preds: Sequence[str], items: Sequence[VQAItem]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Attribute questions by category and scene object count: accuracy against the any-object shortcut.
+
+    Returns:
+        {category: {"n=K" | "all": {"questions", "accuracy", "any_object", "wrong", "wrong_present"}}} for the
+        `BINDING_ATTRIBUTES` categories with at least one item that carries its scene's objects. "any_object" is the
+        expected accuracy of naming the attribute of a uniformly drawn object of the scene; "wrong_present" counts
+        the wrong answers that name a value some object of the scene has.
+    """
+    if len(preds) != len(items):
+        raise ValueError(f"need one prediction per item, got {len(preds)} for {len(items)}")
+    sums: dict[str, dict[str, list[float]]] = {}
+    for pred, item in zip(preds, items, strict=True):
+        if item.category not in BINDING_ATTRIBUTES or not item.objects:
+            continue
+        key, words = BINDING_ATTRIBUTES[item.category]
+        present = [normalize_answer(words.get(str(o.get(key)), str(o.get(key)))) for o in item.objects]
+        answer, guess = normalize_answer(item.answer), normalize_answer(pred)
+        ok = guess == answer
+        row = [1.0, float(ok), present.count(answer) / len(present), float(not ok), float(not ok and guess in present)]
+        for group in (f"n={len(present)}", "all"):
+            acc = sums.setdefault(item.category, {}).setdefault(group, [0.0] * 5)
+            acc[:] = [a + r for a, r in zip(acc, row, strict=True)]
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    for category, groups in sums.items():
+        ordered = sorted(groups, key=lambda g: (g == "all", int(g[2:]) if g != "all" else 0))
+        out[category] = {
+            g: {
+                "questions": int(groups[g][0]),
+                "accuracy": groups[g][1] / groups[g][0],
+                "any_object": groups[g][2] / groups[g][0],
+                "wrong": int(groups[g][3]),
+                "wrong_present": int(groups[g][4]),
+            }
+            for g in ordered
+        }
+    return out
+
+
 def run_vqa(
     answer_fn: AnswerFn, items: Sequence[VQAItem], batch_size: int = 32, num_examples: int = 12
 ) -> dict[str, Any]:
@@ -97,7 +154,8 @@ def run_vqa(
 
     Returns:
         {"scores": per-category + overall + held_out/in_distribution accuracies, "counts": [correct, total] per
-        key, "examples": the first `num_examples` (question, answer, prediction, category, correct)}.
+        key, "examples": the first `num_examples` (question, answer, prediction, category, correct)}, and
+        "binding" (`binding_scores`) when some attribute question carries its scene's objects.
     """
     if not items:
         raise ValueError("run_vqa: no questions to answer (the split has no QA metadata?)")
@@ -119,4 +177,7 @@ def run_vqa(
         {"question": i.question, "answer": i.answer, "prediction": p, "category": i.category, "correct": ok}
         for i, p, ok in list(zip(items, preds, correct, strict=True))[:num_examples]
     ]
-    return {"scores": scores, "counts": counts, "examples": examples}
+    section = {"scores": scores, "counts": counts, "examples": examples}
+    if binding := binding_scores(preds, items):
+        section["binding"] = binding
+    return section

@@ -12,7 +12,7 @@ from cheers_pl.data.synthetic_scene import SyntheticConfig
 from cheers_pl.eval.generation import tile, write_category_grids
 from cheers_pl.eval.geneval_prompts import make_prompts
 from cheers_pl.eval.report import PROTOCOL_KEYS, SECTIONS, render_markdown, sha256_file, write_report
-from cheers_pl.eval.understanding import VQAItem, run_vqa
+from cheers_pl.eval.understanding import VQAItem, binding_scores, run_vqa
 
 
 def _report() -> dict:
@@ -106,6 +106,41 @@ def test_run_vqa_scores_per_category_group_and_overall() -> None:
     assert three["counts"]["overall"] == [1, 4] and three["examples"][0]["correct"] is True
     with pytest.raises(ValueError, match="answers"):
         run_vqa(lambda images, qs: ["x"], items, batch_size=2)
+
+
+def _obj(color: str, shape: str, texture: str = "solid") -> dict:
+    return {"color": color, "shape": shape, "texture": texture}
+
+
+def test_binding_scores_set_accuracy_beside_the_any_object_shortcut() -> None:
+    img = torch.zeros(3, 8, 8)
+    two = (_obj("red", "circle"), _obj("blue", "square", "stripes"))
+    three = (_obj("red", "circle"), _obj("red", "square"), _obj("green", "triangle", "dots"))
+    items = [
+        VQAItem("a", img, "what color is the circle?", "red", "color", False, two),
+        VQAItem("a", img, "what color is the square?", "blue", "color", False, two),
+        VQAItem("b", img, "what color is the square?", "red", "color", False, three),
+        VQAItem("b", img, "what texture does the triangle have?", "dotted", "texture", False, three),
+        VQAItem("b", img, "how many objects are there?", "three", "count", False, three),  # not an attribute
+        VQAItem("c", img, "what color is the circle?", "red", "color", False),  # no scene: left out
+    ]
+    # a model that always names the first object's colour, and a texture present in the scene under its adjective
+    preds = ["red", "red", "red", "striped", "three", "red"]
+    out = binding_scores(preds, items)
+    assert set(out) == {"color", "texture"}
+    assert list(out["color"]) == ["n=2", "n=3", "all"]
+    assert out["color"]["n=2"] == {"questions": 2, "accuracy": 0.5, "any_object": 0.5, "wrong": 1, "wrong_present": 1}
+    assert out["color"]["n=3"]["any_object"] == pytest.approx(2 / 3) and out["color"]["n=3"]["accuracy"] == 1.0
+    assert out["color"]["all"]["questions"] == 3 and out["color"]["all"]["any_object"] == pytest.approx(5 / 9)
+    # "striped" is the adjective of a texture no object of scene b has: wrong, and not present
+    texture = out["texture"]["n=3"]
+    assert texture == {"questions": 1, "accuracy": 0.0, "any_object": 1 / 3, "wrong": 1, "wrong_present": 0}
+    section = run_vqa(lambda images, qs: preds[: len(qs)], items[:3], batch_size=8)
+    assert section["binding"]["color"]["all"]["accuracy"] == pytest.approx(2 / 3)
+    assert "binding" not in run_vqa(lambda images, qs: ["x"] * len(qs), _items(), batch_size=8)
+    assert "| color | n=3 | 1 | 1.0000 |" in render_markdown({**_report(), "understanding": section})
+    with pytest.raises(ValueError, match="one prediction per item"):
+        binding_scores(["red"], items)
 
 
 def test_category_grids_follow_the_generation_order(tmp_path: Path) -> None:
