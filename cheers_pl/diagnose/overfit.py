@@ -7,7 +7,12 @@ The control fits the same examples with every image blanked, which must stay nea
 the answer into the text passes the control.
 1c, flow: a few prompt → scene pairs are fitted by the generation loss (projector, LLM and flow head train, with the
 stage's guidance dropout), then sampled with the stage's sampler settings and parsed back with the scene parser.
-Both run on a deep copy of the stage with the tokenizer's features cached: the checkpoint is left as it was.
+1f, steering: can the prompt steer the attributes of a fixed layout? Every "a <colour> <shape>" prompt of the world is
+paired with one large solid object of that colour and shape at the centre, the same layout for all, and fitted by
+the generation loss like 1c; the samples are parsed for the object count, the shape and the colour separately, with
+the stage's sampler settings, at guidance 1, and as the one-step data estimate x̂1 = x0 + v̂(x0, 0) (what the head
+predicts from pure noise). An attribute that stays low while the others are fitted is one the prompt does not steer.
+All run on a deep copy of the stage with the tokenizer's features cached: the checkpoint is left as it was.
 
 Shape legend: B examples, H/W image side.
 """
@@ -24,7 +29,8 @@ import torch
 from cheers_pl.data.batch import Batch, Example, collate
 from cheers_pl.data.processing import to_uint8
 from cheers_pl.data.synthetic import make_sample
-from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
+from cheers_pl.data.synthetic_render import render
+from cheers_pl.data.synthetic_scene import Scene, SceneObject, SyntheticConfig
 from cheers_pl.data.tasks import TASK_GENERATION, TASK_UNDERSTANDING
 from cheers_pl.eval.scene_parser import match_scene, parse_scene
 from cheers_pl.eval.vqa import normalize_answer
@@ -182,3 +188,70 @@ def run_flow_overfit(
     sampling = work.stage_cfg.sampling
     settings = {k: getattr(sampling, k) for k in ("num_steps", "guidance_scale", "alpha", "sampler")}
     return {**result, "prompts": prompts, "per_scene": last.get("per_scene"), "sampling": settings}
+
+
+def steering_examples(cfg: SyntheticConfig) -> list[tuple[str, Scene]]:
+    """1f's pairs: every "a <colour> <shape>" prompt of the world with one large solid object at the centre."""
+    centre = cfg.image_size // 2
+    return [
+        (f"a {color} {shape}", Scene([SceneObject(shape, color, "large", centre, centre)], cfg.image_size))
+        for color in cfg.colors
+        for shape in cfg.shapes
+    ]
+
+
+def run_prompt_steering(stage: Any, cfg: SyntheticConfig, steps: int = 200, lr: float = 1e-3, every: int = 50) -> dict:
+    """1f: fit the `steering_examples` (one batch of all of them) with the generation loss and score, per attribute,
+    the share of samples with one object, the right shape and the right colour.
+
+    Returns:
+        {"prompts", "curve" (per evaluation: step, loss and the three shares with the stage's sampler settings),
+        "final" (shape and colour right), "guidance_1" and "one_step" (the three shares at the end, at guidance 1 and
+        for the one-step data estimate from noise at guidance 1), "sampling", "seconds"}.
+    """
+    items = steering_examples(cfg)
+    work = _work_copy(stage, FLOW_TRAINABLE)
+    builder = work.pipeline.builder
+    images = torch.stack(
+        [torch.from_numpy(render(scene, cfg)).permute(2, 0, 1).float() / 127.5 - 1 for _, scene in items]
+    )
+    examples = [
+        Example(f"steer_{i}", TASK_GENERATION, images[i], builder.generation(prompt), {"caption": prompt})
+        for i, (prompt, _) in enumerate(items)
+    ]
+    batch = collate(examples, builder.ids["pad"])
+    prompts = [prompt for prompt, _ in items]
+    shares: list[dict[str, float]] = []
+
+    def score(**sampling: Any) -> dict[str, float]:
+        with torch.no_grad():
+            generated = work.generate_images(prompts, seed=0, **sampling).images
+        one, shape, color = [], [], []
+        for image, (_, scene) in zip(to_uint8(generated).permute(0, 2, 3, 1).cpu().numpy(), items, strict=True):
+            objects = parse_scene(image, cfg)
+            match = match_scene(objects, scene)
+            one.append(len(objects) == 1)
+            shape.append(match["shape"] == 1.0)
+            color.append(match["color"] == 1.0)
+        return {"one_object": float(np.mean(one)), "shape": float(np.mean(shape)), "color": float(np.mean(color)),
+                "both": float(np.mean([a and b for a, b in zip(shape, color, strict=True)]))}  # fmt: skip
+
+    def evaluate() -> float:
+        shares.append(score())
+        return shares[-1]["both"]
+
+    def loss_fn() -> torch.Tensor:
+        return work.losses(batch, work._drop_condition(batch), work._flow_times(batch))["loss"]
+
+    result = _fit(work, loss_fn, steps, lr, every, evaluate, target=1.01)
+    curve = [{**point, **share} for point, share in zip(result["curve"], shares, strict=True)]
+    sampling = work.stage_cfg.sampling
+    return {
+        "prompts": prompts,
+        "curve": curve,
+        "final": curve[-1]["both"],
+        "guidance_1": score(guidance_scale=1.0),
+        "one_step": score(num_steps=1, alpha=1.0, guidance_scale=1.0),
+        "sampling": {k: getattr(sampling, k) for k in ("num_steps", "guidance_scale", "alpha", "sampler")},
+        "seconds": result["seconds"],
+    }

@@ -6,11 +6,12 @@
 - flow (1c): can the flow head + sampler reproduce a few fitted scenes (`run_flow_overfit`);
 - profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`);
 - conditioning (1e): does the prompt reach the flow head, and how the HFI sum is balanced
-  (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as skipped).
-A tokenizer-stage checkpoint has no LLM: binding and flow then start from `fit_experiment` (default `tiny_align`)
-with `init_from=ckpt`, i.e. its tokenizer under a fresh LLM and head. The profile builds each experiment of
-`profile_experiments` from its config (random weights: timing depends on shapes, not values) and times cold steps
-and, where the stage caches frozen features, the same batches again (warm).
+  (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as skipped);
+- steering (1f): can the prompt steer colour and shape of a fixed layout (`run_prompt_steering`).
+A tokenizer-stage checkpoint has no LLM: binding, flow and steering then start from `fit_experiment` (default
+`tiny_align`) with `init_from=ckpt`, i.e. its tokenizer under a fresh LLM and head. The profile builds each
+experiment of `profile_experiments` from its config (random weights: timing depends on shapes, not values) and times
+cold steps and, where the stage caches frozen features, the same batches again (warm).
 """
 
 import json
@@ -25,13 +26,13 @@ from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.diagnose.conditioning import recovery_by_noise_level, run_conditioning
-from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit
+from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit, run_prompt_steering
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.profile import profile_stage
 from cheers_pl.restore import load_stage
 from cheers_pl.stage import build_stage
 
-PARTS = ("probes", "binding", "flow", "profile", "conditioning")
+PARTS = ("probes", "binding", "flow", "profile", "conditioning", "steering")
 
 
 @dataclass
@@ -41,12 +42,13 @@ class DiagnoseArgs:
     ckpt: str = "???"
     out_dir: str | None = None  # default: <run dir>/diagnose
     parts: list[str] = field(default_factory=lambda: list(PARTS))
-    fit_experiment: str = "tiny_align"  # for binding / flow when the checkpoint's stage has no LLM
+    fit_experiment: str = "tiny_align"  # for binding / flow / steering when the checkpoint's stage has no LLM
     profile_experiments: list[str] = field(default_factory=lambda: ["tiny_tokenizer", "tiny_align", "tiny_generation"])
     probe_train_scenes: int = 1500
     probe_test_scenes: int = 400
     binding_steps: int = 300
     flow_steps: int = 400
+    steering_steps: int = 200
     profile_steps: int = 6
     conditioning_scenes: int = 16
     recovery_scenes: int = 32
@@ -101,13 +103,15 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
     }  # fmt: skip
     if "probes" in args.parts:
         report["probes"] = run_probes(stage.model.vision, world, args.probe_train_scenes, args.probe_test_scenes)
-    if {"binding", "flow"} & set(args.parts):
+    if {"binding", "flow", "steering"} & set(args.parts):
         fit = _fit_stage(args, stage)
         report["protocol"]["fit_stage"] = fit.cfg.name if fit is not stage else cfg.name
         if "binding" in args.parts:
             report["binding"] = run_binding(fit, world, steps=args.binding_steps)
         if "flow" in args.parts:
             report["flow"] = run_flow_overfit(fit, world, steps=args.flow_steps)
+        if "steering" in args.parts:
+            report["steering"] = run_prompt_steering(fit, world, steps=args.steering_steps)
     if "conditioning" in args.parts:
         pipeline = getattr(stage, "pipeline", None)
         if pipeline is None:
@@ -141,6 +145,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         out["binding/chance"] = report["binding"]["chance"]
     if "flow" in report:
         out["flow/parsed_back"] = report["flow"]["final"]
+    if "steering" in report:
+        last = report["steering"]["curve"][-1]
+        out["steering/shape"], out["steering/color"] = last["shape"], last["color"]
     for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
         out[f"conditioning/{t}/head_change"] = entry["head_change"]
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
@@ -219,6 +226,25 @@ def markdown(report: dict[str, Any]) -> str:
             for t0, e in c["recovery"].items():
                 lines.append(f"| {t0[3:]} | {e['shape']:.2f} | {e['color']:.2f} | {e['count']:.2f} | {e['all']:.2f} |")
             lines.append("")
+    if "steering" in report:
+        st = report["steering"]
+        lines += [
+            f'## 1f Can the prompt steer a fixed layout ({len(st["prompts"])} prompts "a <colour> <shape>", '
+            "one large solid object at the centre)",
+            "",
+            f"Share of samples with one object, the right shape, the right colour (stage's sampler {st['sampling']}, "
+            "seed 0):",
+            "",
+            "| samples | step | loss | one object | shape | colour |",
+            "|---|---|---|---|---|---|",
+        ]
+        for point in st["curve"]:
+            lines.append(f"| stage's sampler | {point['step']} | {point['loss']:.3f} | "
+                         f"{point['one_object']:.2f} | {point['shape']:.2f} | {point['color']:.2f} |")  # fmt: skip
+        for name, label in (("guidance_1", "guidance 1"), ("one_step", "one-step x̂1 from noise")):
+            r = st[name]
+            lines.append(f"| {label} | end | | {r['one_object']:.2f} | {r['shape']:.2f} | {r['color']:.2f} |")
+        lines.append("")
     if "profile" in report:
         lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]
         for experiment, entry in report["profile"].items():

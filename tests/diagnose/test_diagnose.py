@@ -136,3 +136,33 @@ def test_recovery_by_noise_level_scores_what_the_sampler_lands_on(tokenizer_ckpt
     for entry in right.values():
         assert entry["shape"] >= 0.95 and entry["color"] >= 0.95, entry
     assert wrong["t0=0.0"]["all"] < 0.5, wrong
+
+
+def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokenizer_ckpt: Path) -> None:
+    """1f's targets are what its score reads (the parser recovers each rendered object's shape and colour), and the
+    part reports the one-object, shape and colour shares per evaluation, at guidance 1 and for the one-step estimate."""
+    import numpy as np
+
+    from cheers_pl.data.synthetic_render import render
+    from cheers_pl.diagnose.overfit import run_prompt_steering, steering_examples
+    from cheers_pl.diagnose.run import headline, markdown
+    from cheers_pl.eval.scene_parser import match_scene, parse_scene
+
+    world = SyntheticConfig()
+    examples = steering_examples(world)
+    assert len(examples) == len(world.colors) * len(world.shapes) == len({p for p, _ in examples})
+    for prompt, scene in examples:
+        objects = parse_scene(render(scene, world), world)
+        match = match_scene(objects, scene)
+        assert len(objects) == 1 and match["shape"] == 1.0 and match["color"] == 1.0, (prompt, objects)
+    cfg = compose("tiny_align", [f"stage.init_from={tokenizer_ckpt}", "stage.sampling.num_steps=2"])
+    steering = run_prompt_steering(build_stage(cfg), world, steps=1, every=1)
+    assert steering["prompts"] == [p for p, _ in examples] and len(steering["curve"]) == 1
+    for shares in (steering["curve"][0], steering["guidance_1"], steering["one_step"]):
+        values = [shares[k] for k in ("one_object", "shape", "color", "both")]
+        assert all(0.0 <= v <= 1.0 for v in values) and shares["both"] <= min(shares["shape"], shares["color"])
+        assert all(np.isclose(v * len(examples), round(v * len(examples))) for v in values), shares
+    assert steering["sampling"]["num_steps"] == 2
+    report = markdown({"protocol": {}, "steering": steering})
+    assert "## 1f" in report and "| guidance 1 | end |" in report
+    assert headline({"steering": steering})["steering/color"] == steering["curve"][-1]["color"]
