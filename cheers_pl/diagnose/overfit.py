@@ -49,8 +49,13 @@ def _work_copy(stage: Any, trainable: tuple[str, ...]) -> Any:
     return work
 
 
-def _image(sample: dict) -> torch.Tensor:
-    return torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 127.5 - 1
+def _image(image_HW3: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image_HW3).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def _sampler_settings(stage: Any) -> dict[str, Any]:
+    sampling = stage.stage_cfg.sampling
+    return {k: getattr(sampling, k) for k in ("num_steps", "guidance_scale", "alpha", "sampler")}
 
 
 def binding_examples(cfg: SyntheticConfig, num: int = 64, num_questions: int = 4) -> list[dict]:
@@ -114,7 +119,7 @@ def _fit(stage: Any, loss_fn: Any, steps: int, lr: float, every: int, evaluate: 
 def run_binding(stage: Any, cfg: SyntheticConfig, steps: int = 300, lr: float = 1e-3, every: int = 25) -> dict:
     """1b (see the module docstring): exact match with the images and with blank images, and the chance rate."""
     items = binding_examples(cfg)
-    images = torch.stack([_image(make_sample(it["index"], "train", cfg)) for it in items])
+    images = torch.stack([_image(make_sample(it["index"], "train", cfg)["image"]) for it in items])
     answers = [normalize_answer(it["answer"]) for it in items]
     majority = defaultdict(Counter)
     for it, a in zip(items, answers, strict=True):
@@ -161,7 +166,7 @@ def run_flow_overfit(
     items = flow_examples(cfg, num)
     work = _work_copy(stage, FLOW_TRAINABLE)
     builder = work.pipeline.builder
-    images = torch.stack([_image(make_sample(it["index"], "train", cfg)) for it in items])
+    images = torch.stack([_image(make_sample(it["index"], "train", cfg)["image"]) for it in items])
     examples = [
         Example(f"flow_{i}", TASK_GENERATION, images[i], builder.generation(it["prompt"]), {"caption": it["prompt"]})
         for i, it in enumerate(items)
@@ -185,9 +190,7 @@ def run_flow_overfit(
         return float(np.mean(ok))
 
     result = _fit(work, loss_fn, steps, lr, every, evaluate, target=1.0)
-    sampling = work.stage_cfg.sampling
-    settings = {k: getattr(sampling, k) for k in ("num_steps", "guidance_scale", "alpha", "sampler")}
-    return {**result, "prompts": prompts, "per_scene": last.get("per_scene"), "sampling": settings}
+    return {**result, "prompts": prompts, "per_scene": last.get("per_scene"), "sampling": _sampler_settings(work)}
 
 
 def steering_examples(cfg: SyntheticConfig) -> list[tuple[str, Scene]]:
@@ -212,9 +215,7 @@ def run_prompt_steering(stage: Any, cfg: SyntheticConfig, steps: int = 200, lr: 
     items = steering_examples(cfg)
     work = _work_copy(stage, FLOW_TRAINABLE)
     builder = work.pipeline.builder
-    images = torch.stack(
-        [torch.from_numpy(render(scene, cfg)).permute(2, 0, 1).float() / 127.5 - 1 for _, scene in items]
-    )
+    images = torch.stack([_image(render(scene, cfg)) for _, scene in items])
     examples = [
         Example(f"steer_{i}", TASK_GENERATION, images[i], builder.generation(prompt), {"caption": prompt})
         for i, (prompt, _) in enumerate(items)
@@ -245,13 +246,12 @@ def run_prompt_steering(stage: Any, cfg: SyntheticConfig, steps: int = 200, lr: 
 
     result = _fit(work, loss_fn, steps, lr, every, evaluate, target=1.01)
     curve = [{**point, **share} for point, share in zip(result["curve"], shares, strict=True)]
-    sampling = work.stage_cfg.sampling
     return {
         "prompts": prompts,
         "curve": curve,
         "final": curve[-1]["both"],
         "guidance_1": score(guidance_scale=1.0),
         "one_step": score(num_steps=1, alpha=1.0, guidance_scale=1.0),
-        "sampling": {k: getattr(sampling, k) for k in ("num_steps", "guidance_scale", "alpha", "sampler")},
+        "sampling": _sampler_settings(work),
         "seconds": result["seconds"],
     }
