@@ -138,7 +138,7 @@ def test_recovery_by_noise_level_scores_what_the_sampler_lands_on(tokenizer_ckpt
     assert wrong["t0=0.0"]["all"] < 0.5, wrong
 
 
-def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokenizer_ckpt: Path) -> None:
+def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokenizer_ckpt: Path, shard_dir: Path) -> None:
     """1f's targets are what its score reads (the parser recovers each rendered object's shape and colour), and the
     part reports the one-object, shape and colour shares per evaluation, at guidance 1 and for the one-step estimate."""
     import dataclasses
@@ -157,7 +157,8 @@ def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokeniz
         objects = parse_scene(render(scene, world), world)
         match = match_scene(objects, scene)
         assert len(objects) == 1 and match["shape"] == 1.0 and match["color"] == 1.0, (prompt, objects)
-    cfg = compose("tiny_align", [f"stage.init_from={tokenizer_ckpt}", "stage.sampling.num_steps=2"])
+    overrides = [f"data.shard_dir={shard_dir}", f"stage.init_from={tokenizer_ckpt}", "stage.sampling.num_steps=2"]
+    cfg = compose("tiny_align", overrides)
     # a world of 4 prompts keeps the test quick
     small = dataclasses.replace(world, colors=("red", "blue"), shapes=("circle", "square"), held_out_pairs=())
     steering = run_prompt_steering(build_stage(cfg), small, steps=1, every=1)
