@@ -2,8 +2,9 @@
 
 1b, binding: 64 understanding examples that ask the SAME few questions of different images (so the answer must come
 from the image) are fitted by the projector and the LLM over the frozen tokenizer; exact match must reach ≥ 0.98.
-The control fits the same examples with every image blanked, which must stay near the per-question majority rate
-(text-only memorising cannot beat it). A masking, position or embedding-placement bug fails the first; a leak of
+The control fits the same examples with every image blanked, for as many steps as the image run took to reach
+0.98 (all of them when it did not), and must stay near the per-question majority rate (text-only memorising cannot
+beat it). A masking, position or embedding-placement bug fails the first; a leak of
 the answer into the text passes the control.
 1c, flow: a few prompt → scene pairs are fitted by the generation loss (projector, LLM and flow head train, with the
 stage's guidance dropout), then sampled with the stage's sampler settings and parsed back with the scene parser.
@@ -98,8 +99,8 @@ def _fit(stage: Any, loss_fn: Any, steps: int, lr: float, every: int, evaluate: 
     optimizer, _ = build_optimizer(stage.trainable_parameters(), OptimConfig(lr=lr, warmup_frac=0.0,
                                    schedule="constant"), steps)  # fmt: skip
     curve, reached, started = [], None, time.perf_counter()
+    stage.train()
     for step in range(1, steps + 1):
-        stage.train()
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = loss_fn()
@@ -108,10 +109,11 @@ def _fit(stage: Any, loss_fn: Any, steps: int, lr: float, every: int, evaluate: 
         if step % every == 0 or step == steps:
             stage.eval()
             score = evaluate()
-            curve.append({"step": step, "loss": round(float(loss), 4), "score": round(score, 4)})
+            curve.append({"step": step, "loss": round(float(loss.detach()), 4), "score": round(score, 4)})
             if score >= target and reached is None:
                 reached = step
                 break
+            stage.train()
     return {"curve": curve, "final": curve[-1]["score"], "reached_at_step": reached,
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
@@ -126,6 +128,7 @@ def run_binding(stage: Any, cfg: SyntheticConfig, steps: int = 300, lr: float = 
         majority[it["question"]][a] += 1
     chance = sum(c.most_common(1)[0][1] for c in majority.values()) / len(items)
     out: dict[str, Any] = {"questions": sorted(majority), "num_examples": len(items), "chance": round(chance, 4)}
+    budget = steps
     for name, imgs in (("image", images), ("blank", torch.zeros_like(images))):
         work = _work_copy(stage, BINDING_TRAINABLE)
         batch = _understanding_batch(work, items, imgs)
@@ -138,7 +141,8 @@ def run_binding(stage: Any, cfg: SyntheticConfig, steps: int = 300, lr: float = 
             preds = work.answer(imgs, [it["question"] for it in items], max_new_tokens=8)
             return float(np.mean([normalize_answer(p) == a for p, a in zip(preds, answers, strict=True)]))
 
-        out[name] = _fit(work, loss_fn, steps, lr, every, evaluate, target=0.98 if name == "image" else 1.01)
+        out[name] = _fit(work, loss_fn, budget, lr, every, evaluate, target=0.98 if name == "image" else 1.01)
+        budget = out[name]["reached_at_step"] or steps  # the control gets the image run's budget, no more
     return out
 
 

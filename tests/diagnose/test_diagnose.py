@@ -33,7 +33,7 @@ def test_probes_find_what_the_committed_tokenizer_carries(tokenizer_ckpt: Path) 
     from cheers_pl.restore import load_stage
 
     stage = load_stage(str(tokenizer_ckpt))
-    out = run_probes(stage.model.vision, SyntheticConfig(), num_train=200, num_test=80, steps=80, phantom_scenes=32)
+    out = run_probes(stage.model.vision, SyntheticConfig(), num_train=200, num_test=80, steps=40, phantom_scenes=16)
     probes = out["probes"]
     assert set(probes) == {"pixels", "semantic", "llm"}
     for feature in ("pixels", "semantic"):

@@ -46,6 +46,25 @@ def test_frozen_modules_stay_in_eval_mode(make_cfg) -> None:
     assert stage.model.flow_head.training
 
 
+TRAINABLE_SETS = ["[model.flow_head.*]", "[model.flow_head.hfi.*,model.llm.hf.model.layers.1.mlp.*]", "[]"]
+
+
+@pytest.mark.parametrize("trainable", TRAINABLE_SETS)
+def test_train_mode_equals_the_per_module_definition(make_cfg, trainable: str) -> None:
+    """Every module that holds parameters, none trainable, is in eval mode and every other module in train mode:
+    the definition, checked module by module against `train()`'s one-pass version."""
+    stage = build_stage(make_cfg("tiny_align", f"stage.trainable={trainable}"))
+    stage.eval().train()
+    frozen = set()
+    for module in stage.modules():
+        params = list(module.parameters())
+        if module is not stage and params and not any(p.requires_grad for p in params):
+            frozen.update(id(m) for m in module.modules())
+    modes = [(name, m.training) for name, m in stage.named_modules()]
+    assert modes == [(name, id(m) not in frozen) for name, m in stage.named_modules()]
+    assert any(training for _, training in modes) and (trainable == "[]" or not all(t for _, t in modes))
+
+
 def test_new_token_rows_only_keeps_pretrained_rows(make_cfg) -> None:
     cfg = make_cfg(
         "tiny_align", "stage.trainable=[model.llm.hf.model.embed_tokens.*]", "stage.new_token_rows_only=true"
