@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
+# one pytest process per core, one thread each (two 2-thread torch processes on 2 cores slow each other down);
+# a test file stays in one process, so its module fixtures are built once
+PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo demo-scratch tokenizer-checkpoint data-synthetic train-tokenizer train-align train-generation evaluate ablate bench \
@@ -22,8 +25,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the pinned requirements + this package
 
-test: install ## run the test suite (fast and slow; GPU tests skip without a GPU)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: install ## run the test suite (fast and slow; GPU tests skip without a GPU) in PYTEST_WORKERS processes
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check cheers_pl tests && $(VENV)/bin/ruff format --check cheers_pl tests
