@@ -66,13 +66,17 @@ def _understanding_md(section: dict[str, Any]) -> list[str]:
     lines = _scores_table(section, "category")
     if section.get("binding"):
         lines += ["", "Binding: attribute questions about one referred object, by the scene's object count, beside the "
-                  "accuracy of naming any object's attribute (`any object`):", ""]  # fmt: skip
+                  "accuracy of naming any object's attribute (`any object`) and of naming the scene's most frequent "
+                  "value (`scene majority`), and the share of answers that name that value:", ""]  # fmt: skip
+        keys = ("questions", "accuracy", "any_object", "scene_majority", "says_majority")
         rows = [
-            [category, group, m["questions"], m["accuracy"], m["any_object"], f"{m['wrong_present']}/{m['wrong']}"]
+            [category, group, *(m[k] for k in keys), f"{m['wrong_present']}/{m['wrong']}"]
             for category, groups in section["binding"].items()
             for group, m in groups.items()
         ]
-        lines += _table(["category", "objects", "questions", "accuracy", "any object", "wrong answers in scene"], rows)
+        header = ["category", "objects", "questions", "accuracy", "any object", "scene majority", "answers it",
+                  "wrong answers in scene"]  # fmt: skip
+        lines += _table(header, rows)
     if section.get("examples"):
         lines += ["", "Examples:", ""]
         rows = [[e["category"], e["question"], e["answer"], e["prediction"], e["correct"]] for e in section["examples"]]

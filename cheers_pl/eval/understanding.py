@@ -14,7 +14,9 @@ finding that object, by naming the attribute of any object in the scene. Where t
 accuracy beside that shortcut's expected accuracy (the share of the scene's objects that carry the asked value,
 averaged over the questions) and how many wrong answers still name a value present in the scene. Accuracy at the
 shortcut's level with every wrong answer present in the scene means the model reads the scene's attributes but does
-not bind them to the referred object.
+not bind them to the referred object. A second shortcut names the scene's most frequent value (ties drawn
+uniformly): where values repeat within a scene (textures: most objects are solid) it beats the any-object shortcut
+without binding either, so the table gives its expected accuracy and the share of answers that name it.
 
 References:
     Liu et al., "MMBench: Is Your Multi-modal Model an All-around Player?", 2023 (per-category exact match).
@@ -22,6 +24,7 @@ References:
 Legend: B questions, H/W image side.
 """
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,10 +115,12 @@ def binding_scores(preds: Sequence[str], items: Sequence[VQAItem]) -> dict[str, 
     """Attribute questions by category and scene object count: accuracy against the any-object shortcut.
 
     Returns:
-        {category: {"n=K" | "all": {"questions", "accuracy", "any_object", "wrong", "wrong_present"}}} for the
-        `BINDING_ATTRIBUTES` categories with at least one item that carries its scene's objects. "any_object" is the
-        expected accuracy of naming the attribute of a uniformly drawn object of the scene; "wrong_present" counts
-        the wrong answers that name a value some object of the scene has.
+        {category: {"n=K" | "all": {"questions", "accuracy", "any_object", "scene_majority", "says_majority",
+        "wrong", "wrong_present"}}} for the `BINDING_ATTRIBUTES` categories with at least one item that carries its
+        scene's objects. "any_object" is the expected accuracy of naming the attribute of a uniformly drawn object of
+        the scene; "scene_majority" that of naming the scene's most frequent value (one of the tied ones, uniformly);
+        "says_majority" the share of answers that name a most frequent value; "wrong_present" counts the wrong
+        answers that name a value some object of the scene has.
     """
     if len(preds) != len(items):
         raise ValueError(f"need one prediction per item, got {len(preds)} for {len(items)}")
@@ -127,9 +132,12 @@ def binding_scores(preds: Sequence[str], items: Sequence[VQAItem]) -> dict[str, 
         present = [normalize_answer(words.get(str(o.get(key)), str(o.get(key)))) for o in item.objects]
         answer, guess = normalize_answer(item.answer), normalize_answer(pred)
         ok = guess == answer
-        row = [1.0, float(ok), present.count(answer) / len(present), float(not ok), float(not ok and guess in present)]
+        counts = Counter(present)
+        tied = {v for v, c in counts.items() if c == max(counts.values())}
+        row = [1.0, float(ok), present.count(answer) / len(present), (answer in tied) / len(tied), float(guess in tied),
+               float(not ok), float(not ok and guess in present)]  # fmt: skip
         for group in (f"n={len(present)}", "all"):
-            acc = sums.setdefault(item.category, {}).setdefault(group, [0.0] * 5)
+            acc = sums.setdefault(item.category, {}).setdefault(group, [0.0] * len(row))
             acc[:] = [a + r for a, r in zip(acc, row, strict=True)]
     out: dict[str, dict[str, dict[str, float | int]]] = {}
     for category, groups in sums.items():
@@ -139,8 +147,10 @@ def binding_scores(preds: Sequence[str], items: Sequence[VQAItem]) -> dict[str, 
                 "questions": int(groups[g][0]),
                 "accuracy": groups[g][1] / groups[g][0],
                 "any_object": groups[g][2] / groups[g][0],
-                "wrong": int(groups[g][3]),
-                "wrong_present": int(groups[g][4]),
+                "scene_majority": groups[g][3] / groups[g][0],
+                "says_majority": groups[g][4] / groups[g][0],
+                "wrong": int(groups[g][5]),
+                "wrong_present": int(groups[g][6]),
             }
             for g in ordered
         }

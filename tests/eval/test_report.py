@@ -129,12 +129,16 @@ def test_binding_scores_set_accuracy_beside_the_any_object_shortcut() -> None:
     out = binding_scores(preds, items)
     assert set(out) == {"color", "texture"}
     assert list(out["color"]) == ["n=2", "n=3", "all"]
-    assert out["color"]["n=2"] == {"questions": 2, "accuracy": 0.5, "any_object": 0.5, "wrong": 1, "wrong_present": 1}
+    assert out["color"]["n=2"] == {"questions": 2, "accuracy": 0.5, "any_object": 0.5, "scene_majority": 0.5,
+                                   "says_majority": 1.0, "wrong": 1, "wrong_present": 1}  # fmt: skip
     assert out["color"]["n=3"]["any_object"] == pytest.approx(2 / 3) and out["color"]["n=3"]["accuracy"] == 1.0
+    # scene b holds two red objects: naming its majority colour answers "what color is the square?" right
+    assert out["color"]["n=3"]["scene_majority"] == 1.0 and out["color"]["n=3"]["says_majority"] == 1.0
     assert out["color"]["all"]["questions"] == 3 and out["color"]["all"]["any_object"] == pytest.approx(5 / 9)
     # "striped" is the adjective of a texture no object of scene b has: wrong, and not present
     texture = out["texture"]["n=3"]
-    assert texture == {"questions": 1, "accuracy": 0.0, "any_object": 1 / 3, "wrong": 1, "wrong_present": 0}
+    assert texture == {"questions": 1, "accuracy": 0.0, "any_object": 1 / 3, "scene_majority": 0.0,
+                       "says_majority": 0.0, "wrong": 1, "wrong_present": 0}  # fmt: skip
     section = run_vqa(lambda images, qs: preds[: len(qs)], items[:3], batch_size=8)
     assert section["binding"]["color"]["all"]["accuracy"] == pytest.approx(2 / 3)
     assert "binding" not in run_vqa(lambda images, qs: ["x"] * len(qs), _items(), batch_size=8)
