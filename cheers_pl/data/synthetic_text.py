@@ -20,6 +20,9 @@ PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "di
 RELATIONS = ("left of", "right of", "above", "below")
 RELATION_PHRASE = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 MAX_QUESTIONS_PER_CATEGORY = 2
+# questions about one object's attribute ({ref}: a referring expression that does not use that attribute)
+ATTRIBUTE_QUESTIONS = {"color": "what color is {ref}?", "shape": "what shape is {ref}?",
+                       "texture": "what texture does {ref} have?"}  # fmt: skip
 
 
 def number_word(n: int) -> str:
@@ -81,6 +84,18 @@ def referring_expression(obj: SceneObject, scene: Scene, exclude: tuple[str, ...
                 words.append(obj.shape if "shape" in attrs else "object")
                 return "the " + " ".join(w for w in words if w)
     return None
+
+
+def attribute_question(obj: SceneObject, scene: Scene, attribute: str) -> str | None:
+    """The question asking `obj`'s colour, shape or texture, naming it without that attribute; None if nothing else
+    singles it out."""
+    ref = referring_expression(obj, scene, exclude=(attribute,))
+    return None if ref is None else ATTRIBUTE_QUESTIONS[attribute].format(ref=ref)
+
+
+def attribute_answer(obj: SceneObject, attribute: str) -> str:
+    """The one-word answer to `attribute_question` (texture as its adjective)."""
+    return TEXTURE_ADJ[obj.texture] if attribute == "texture" else getattr(obj, attribute)
 
 
 def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool:
@@ -149,12 +164,9 @@ def questions(scene: Scene, rng: np.random.Generator, cfg: SyntheticConfig | Non
     shape = cfg.shapes[rng.integers(len(cfg.shapes))]
     add("count", f"how many {PLURAL[shape]} are there?", number_word(sum(o.shape == shape for o in objs)))
     for obj in objs:
-        if ref := referring_expression(obj, scene, exclude=("color",)):
-            add("color", f"what color is {ref}?", obj.color)
-        if ref := referring_expression(obj, scene, exclude=("shape",)):
-            add("shape", f"what shape is {ref}?", obj.shape)
-        if ref := referring_expression(obj, scene, exclude=("texture",)):
-            add("texture", f"what texture does {ref} have?", TEXTURE_ADJ[obj.texture])
+        for attribute in ATTRIBUTE_QUESTIONS:
+            if question := attribute_question(obj, scene, attribute):
+                add(attribute, question, attribute_answer(obj, attribute))
         if obj.digit is not None and (ref := referring_expression(obj, scene)):
             add("digit", f"what digit is written on {ref}?", str(obj.digit))
     min_gap = min_relation_gap(cfg)

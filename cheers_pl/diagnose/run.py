@@ -7,7 +7,9 @@
 - profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`);
 - conditioning (1e): does the prompt reach the flow head, and how the HFI sum is balanced
   (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as skipped);
-- steering (1f): can the prompt steer colour and shape of a fixed layout (`run_prompt_steering`).
+- steering (1f): can the prompt steer colour and shape of a fixed layout (`run_prompt_steering`);
+- counterfactual (1g): does an answer about a named object come from that object, or from any object of the scene
+  (`cheers_pl.diagnose.counterfactual`; the checkpoint's own LLM, so a tokenizer checkpoint reports it as skipped).
 A tokenizer-stage checkpoint has no LLM: binding, flow and steering then start from `fit_experiment` (default
 `tiny_align`) with `init_from=ckpt`, i.e. its tokenizer under a fresh LLM and head. The profile builds each
 experiment of `profile_experiments` from its config (random weights: timing depends on shapes, not values) and times
@@ -26,13 +28,14 @@ from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.diagnose.conditioning import recovery_by_noise_level, run_conditioning
+from cheers_pl.diagnose.counterfactual import run_counterfactual
 from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit, run_prompt_steering
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.profile import profile_stage
 from cheers_pl.restore import load_stage
 from cheers_pl.stage import build_stage
 
-PARTS = ("probes", "binding", "flow", "profile", "conditioning", "steering")
+PARTS = ("probes", "binding", "flow", "profile", "conditioning", "steering", "counterfactual")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class DiagnoseArgs:
     profile_steps: int = 6
     conditioning_scenes: int = 16
     recovery_scenes: int = 32
+    counterfactual_questions: int = 128  # per attribute (colour, shape, texture)
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -119,6 +123,11 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
         else:
             report["conditioning"] = run_conditioning(pipeline, world, args.conditioning_scenes)
             report["conditioning"]["recovery"] = recovery_by_noise_level(pipeline, world, args.recovery_scenes)
+    if "counterfactual" in args.parts:
+        if not hasattr(stage, "answer"):
+            report["counterfactual"] = {"skipped": f"stage {cfg.stage.name!r} has no LLM to ask"}
+        else:
+            report["counterfactual"] = run_counterfactual(stage, world, args.counterfactual_questions)
     if "profile" in args.parts:
         report["profile"] = _profile(args, [f"data.shard_dir={cfg.data.shard_dir}"])
     report["protocol"]["wall_s"] = round(time.perf_counter() - started, 1)
@@ -148,6 +157,10 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     if "steering" in report:
         last = report["steering"]["curve"][-1]
         out["steering/shape"], out["steering/color"] = last["shape"], last["color"]
+    for attribute, entry in report.get("counterfactual", {}).items():
+        if attribute not in ("protocol", "skipped"):
+            out[f"counterfactual/{attribute}/follows_referred"] = entry["follows_referred"]
+            out[f"counterfactual/{attribute}/names_other"] = entry["names_other"]
     for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
         out[f"conditioning/{t}/head_change"] = entry["head_change"]
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
@@ -165,6 +178,22 @@ def _probe_table(probes: dict[str, Any]) -> list[str]:
     chance = [f"{next(iter(probes.values()))[t]['linear']['chance']:.2f}" for t in targets]
     lines.append("| chance (majority) | " + " | ".join(chance) + " |")
     return lines
+
+
+def _counterfactual_md(cf: dict[str, Any]) -> list[str]:
+    lines = ["## 1g Does the answer come from the object the question names (edits of test scenes)", ""]
+    if "skipped" in cf:
+        return [*lines, f"skipped: {cf['skipped']}", ""]
+    lines += ["Each question about one named object of a multi-object test scene, asked of the scene, of the scene "
+              "with the named object's asked attribute changed to a new value, and of the scene with another object "
+              "given that value instead:", "",
+              "| attribute | questions | right, original | follows the named object's edit | unchanged under the "
+              "other's edit | names the other's new value |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for attribute, e in cf.items():
+        if attribute != "protocol":
+            lines.append(f"| {attribute} | {e['questions']} | {e['original']:.2f} | {e['follows_referred']:.2f} | "
+                         f"{e['keeps_under_other']:.2f} | {e['names_other']:.2f} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -245,6 +274,8 @@ def markdown(report: dict[str, Any]) -> str:
             r = st[name]
             lines.append(f"| {label} | end | | {r['one_object']:.2f} | {r['shape']:.2f} | {r['color']:.2f} |")
         lines.append("")
+    if "counterfactual" in report:
+        lines += _counterfactual_md(report["counterfactual"])
     if "profile" in report:
         lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]
         for experiment, entry in report["profile"].items():

@@ -9,7 +9,7 @@ import torch
 from cheers_pl.checkpoint import CONFIG_KEY
 from cheers_pl.cli import main
 from cheers_pl.config import compose, to_yaml
-from cheers_pl.data.synthetic_scene import SyntheticConfig
+from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.run import DiagnoseArgs
 from cheers_pl.stage import build_stage
@@ -172,3 +172,50 @@ def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokeniz
     report = markdown({"protocol": {}, "steering": steering})
     assert "## 1f" in report and "| guidance 1 | end |" in report
     assert headline({"steering": steering})["steering/color"] == steering["curve"][-1]["color"]
+
+
+def test_counterfactual_edits_change_only_the_asked_attribute_and_the_part_scores_them(
+    tokenizer_ckpt: Path, shard_dir: Path, tmp_path: Path
+) -> None:
+    """1g's edits: the referred edit changes the named object's asked attribute to the expected answer, the other
+    edit gives the same value to another object, the question still names the same object, and the original renders
+    as the generated sample; the part reports every share per attribute, and is skipped without an LLM."""
+    import dataclasses
+
+    import numpy as np
+
+    from cheers_pl.data.synthetic import make_sample
+    from cheers_pl.data.synthetic_render import render
+    from cheers_pl.data.synthetic_text import attribute_answer, attribute_question
+    from cheers_pl.diagnose.counterfactual import counterfactual_items, run_counterfactual
+    from cheers_pl.diagnose.run import headline, markdown
+
+    world = SyntheticConfig()
+    items = counterfactual_items(world, per_category=3)
+    assert sorted(it["category"] for it in items) == ["color"] * 3 + ["shape"] * 3 + ["texture"] * 3
+    first = make_sample(0, "test", world)
+    for it in items:
+        attribute, scenes = it["category"], it["scenes"]
+        original, referred, other = (scenes[e].objects for e in ("original", "referred", "other"))
+        changed = [k for k, (a, b) in enumerate(zip(original, referred, strict=True)) if a != b]
+        moved = [k for k, (a, b) in enumerate(zip(original, other, strict=True)) if a != b]
+        assert len(changed) == 1 and len(moved) == 1 and changed != moved, it
+        k, j = changed[0], moved[0]
+        assert dataclasses.replace(referred[k], **{attribute: getattr(original[k], attribute)}) == original[k]
+        assert attribute_answer(referred[k], attribute) == it["answers"]["referred"] == it["other_value"]
+        assert attribute_answer(other[j], attribute) == it["other_value"] != it["answers"]["original"]
+        for edit in ("original", "referred", "other"):
+            assert attribute_question(scenes[edit].objects[k], scenes[edit], attribute) == it["question"]
+    assert np.array_equal(render(Scene.from_json(first["json"]["scene"]), world), first["image"])
+
+    cfg = compose("tiny_align", [f"data.shard_dir={shard_dir}", f"stage.init_from={tokenizer_ckpt}"])
+    out = run_counterfactual(build_stage(cfg), world, per_category=2)
+    keys = ("original", "follows_referred", "keeps_under_other", "names_other")
+    for attribute in ("color", "shape", "texture"):
+        assert out[attribute]["questions"] == 2 and all(out[attribute][k] in (0.0, 0.5, 1.0) for k in keys)
+        assert out[attribute]["keeps_under_other"] + out[attribute]["names_other"] <= 1.0
+    assert "## 1g" in markdown({"protocol": {}, "counterfactual": out})
+    assert headline({"counterfactual": out})["counterfactual/color/names_other"] == out["color"]["names_other"]
+    out_dir = tmp_path / "diag"
+    assert main(["diagnose", f"ckpt={tokenizer_ckpt}", "parts=[counterfactual]", f"out_dir={out_dir}"]) == 0
+    assert "skipped" in json.loads((out_dir / "diagnose.json").read_text())["counterfactual"]
