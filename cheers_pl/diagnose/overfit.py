@@ -4,8 +4,8 @@
 from the image) are fitted by the projector and the LLM over the frozen tokenizer; exact match must reach ≥ 0.98.
 The control fits the same examples with every image blanked, for as many steps as the image run took to reach
 0.98 (all of them when it did not), and must stay near the per-question majority rate (text-only memorising cannot
-beat it). A masking, position or embedding-placement bug fails the first; a leak of
-the answer into the text passes the control.
+beat it). A masking, position or embedding-placement bug fails the first; a leak of the answer into the text passes
+the control.
 1c, flow: a few prompt → scene pairs are fitted by the generation loss (projector, LLM and flow head train, with the
 stage's guidance dropout), then sampled with the stage's sampler settings and parsed back with the scene parser.
 1f, steering: can the prompt steer the attributes of a fixed layout? Every "a <colour> <shape>" prompt of the world is
