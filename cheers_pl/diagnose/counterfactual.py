@@ -17,6 +17,7 @@ Shape legend: B questions, H/W image side.
 
 import dataclasses
 import random
+from collections import Counter
 from typing import Any
 
 import torch
@@ -99,26 +100,21 @@ def run_counterfactual(stage: Any, cfg: SyntheticConfig, per_category: int = 50,
                 understanding_transform(Image.fromarray(render(it["scenes"][edit], cfg)), size) for it, edit in chunk
             ])  # fmt: skip
             preds += stage.answer(images_B3HW.to(device), [it["question"] for it, _ in chunk], max_new_tokens=8)
-    sums: dict[str, list[float]] = {}
+    tallies: dict[str, Counter] = {}
     for (it, edit), pred in zip(jobs, preds, strict=True):
-        guess = normalize_answer(pred)
-        row = sums.setdefault(it["category"], [0.0] * 5)
-        right = float(guess == normalize_answer(it["answers"][edit]))
-        slot = EDITS.index(edit)
-        row[slot] += right
-        if edit == "other":
-            row[3] += float(guess == normalize_answer(it["other_value"]))
-        if edit == "original":
-            row[4] += 1
+        guess, tally = normalize_answer(pred), tallies.setdefault(it["category"], Counter())
+        tally[edit] += guess == normalize_answer(it["answers"][edit])
+        tally["names_other"] += edit == "other" and guess == normalize_answer(it["other_value"])
+        tally["questions"] += edit == "original"
     out: dict[str, Any] = {
         category: {
-            "questions": int(row[4]),
-            "original": row[0] / row[4],
-            "follows_referred": row[1] / row[4],
-            "keeps_under_other": row[2] / row[4],
-            "names_other": row[3] / row[4],
+            "questions": t["questions"],
+            "original": t["original"] / t["questions"],
+            "follows_referred": t["referred"] / t["questions"],
+            "keeps_under_other": t["other"] / t["questions"],
+            "names_other": t["names_other"] / t["questions"],
         }
-        for category, row in sums.items()
+        for category, t in tallies.items()
     }
     out["protocol"] = {"per_category": per_category, "edits": list(EDITS), "image_size": size}
     return out
