@@ -29,13 +29,20 @@ from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.diagnose.conditioning import recovery_by_noise_level, run_conditioning
 from cheers_pl.diagnose.counterfactual import run_counterfactual
+from cheers_pl.diagnose.locality import (
+    BINDING_CATEGORIES,
+    SUMMARY_TARGETS,
+    TOKEN_SOURCES,
+    run_scene_summary,
+    run_token_binding,
+)
 from cheers_pl.diagnose.overfit import run_binding, run_flow_overfit, run_prompt_steering
 from cheers_pl.diagnose.probes import run_probes
 from cheers_pl.diagnose.profile import profile_stage
 from cheers_pl.restore import load_stage
 from cheers_pl.stage import build_stage
 
-PARTS = ("probes", "binding", "flow", "profile", "conditioning", "steering", "counterfactual")
+PARTS = ("probes", "binding", "flow", "profile", "conditioning", "steering", "counterfactual", "summary", "tokens")
 
 
 @dataclass
@@ -56,6 +63,7 @@ class DiagnoseArgs:
     conditioning_scenes: int = 16
     recovery_scenes: int = 32
     counterfactual_questions: int = 128  # per attribute (colour, shape, texture)
+    token_binding_steps: int = 1000  # 1i: steps of each fresh LLM (three token sources; ~90 s per 1000 on 2 cores)
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -107,7 +115,10 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
     }  # fmt: skip
     if "probes" in args.parts:
         report["probes"] = run_probes(stage.model.vision, world, args.probe_train_scenes, args.probe_test_scenes)
-    if {"binding", "flow", "steering"} & set(args.parts):
+    if "summary" in args.parts:
+        scenes = (args.probe_train_scenes, args.probe_test_scenes)
+        report["summary"] = run_scene_summary(stage.model.vision, world, *scenes)
+    if {"binding", "flow", "steering", "tokens"} & set(args.parts):
         fit = _fit_stage(args, stage)
         report["protocol"]["fit_stage"] = fit.cfg.name if fit is not stage else cfg.name
         if "binding" in args.parts:
@@ -116,6 +127,8 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
             report["flow"] = run_flow_overfit(fit, world, steps=args.flow_steps)
         if "steering" in args.parts:
             report["steering"] = run_prompt_steering(fit, world, steps=args.steering_steps)
+        if "tokens" in args.parts:
+            report["tokens"] = run_token_binding(fit, world, steps=args.token_binding_steps)
     if "conditioning" in args.parts:
         pipeline = getattr(stage, "pipeline", None)
         if pipeline is None:
@@ -161,6 +174,11 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         if attribute not in ("protocol", "skipped"):
             out[f"counterfactual/{attribute}/follows_referred"] = entry["follows_referred"]
             out[f"counterfactual/{attribute}/names_other"] = entry["names_other"]
+    for feature, entry in report.get("summary", {}).get("probes", {}).items():
+        out[f"summary/{feature}/color"] = entry["color"]["linear"]["accuracy"]
+    for source in TOKEN_SOURCES:
+        if source in report.get("tokens", {}):
+            out[f"tokens/{source}/color"] = report["tokens"][source]["final"]["color"]
     for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
         out[f"conditioning/{t}/head_change"] = entry["head_change"]
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
@@ -194,6 +212,35 @@ def _counterfactual_md(cf: dict[str, Any]) -> list[str]:
             lines.append(f"| {attribute} | {e['questions']} | {e['original']:.2f} | {e['follows_referred']:.2f} | "
                          f"{e['keeps_under_other']:.2f} | {e['names_other']:.2f} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _locality_md(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if "summary" in report:
+        probes = report["summary"]["probes"]
+        lines += ["## 1h Does every token carry the whole scene (probes on tokens no object touches)", "",
+                  "The first object's attributes (reading order) read from one empty token per test scene of two or "
+                  "more objects, linear / MLP:", "", "| features | grid | " + " | ".join(SUMMARY_TARGETS) + " |",
+                  "|---|---|" + "---|" * len(SUMMARY_TARGETS)]  # fmt: skip
+        for feature, entry in probes.items():
+            cells = [f"{entry[t]['linear']['accuracy']:.2f} / {entry[t]['mlp']['accuracy']:.2f}"
+                     for t in SUMMARY_TARGETS]  # fmt: skip
+            lines.append(f"| {feature} | {entry['grid']}×{entry['grid']} | " + " | ".join(cells) + " |")
+        chance = [f"{next(iter(probes.values()))[t]['linear']['chance']:.2f}" for t in SUMMARY_TARGETS]
+        lines += ["| chance (majority) | | " + " | ".join(chance) + " |", ""]
+    if "tokens" in report:
+        tokens = report["tokens"]
+        lines += ["## 1i Does a fresh LLM bind over local tokens, and does a scene summary in every token stop it", "",
+                  f"Teacher-forced exact match on test questions after {tokens['protocol']['steps']} steps (batch "
+                  f"{tokens['protocol']['batch_size']}; attribute questions of scenes with two or more objects):", "",
+                  "| tokens | " + " | ".join(BINDING_CATEGORIES) + " | seconds |",
+                  "|---|" + "---|" * (len(BINDING_CATEGORIES) + 1)]  # fmt: skip
+        for source in TOKEN_SOURCES:
+            e = tokens[source]
+            cells = [f"{e['final'].get(c, float('nan')):.2f}" for c in BINDING_CATEGORIES]
+            lines.append(f"| {source} | " + " | ".join(cells) + f" | {e['seconds']} |")
+        lines.append("")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -276,6 +323,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if "counterfactual" in report:
         lines += _counterfactual_md(report["counterfactual"])
+    lines += _locality_md(report)
     if "profile" in report:
         lines += ["## 1d Where the time of a training step goes (share of wall time)", ""]
         for experiment, entry in report["profile"].items():

@@ -41,6 +41,9 @@ class VisionEncoderConfig:
     mlp_dim: int = 512  # full: 4304
     in_channels: int = 3
     timm_model: str = "vit_so400m_patch16_siglip_512"  # timm architecture name (timm backend only)
+    # None: global attention (SigLIP2). k: each token attends only to tokens within k patches (Chebyshev) in every
+    # layer (hf_siglip only), so that a token describes its neighbourhood, not the whole scene (issue 12)
+    attention_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in VISION_ENCODERS:
@@ -52,6 +55,8 @@ class VisionEncoderConfig:
             raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
+        if self.attention_window is not None and (self.attention_window < 0 or self.backend != "hf_siglip"):
+            raise ValueError(f"attention_window={self.attention_window} needs backend 'hf_siglip' and a value >= 0")
 
 
 def full_vision_encoder_config(backend: str = "hf_siglip", pretrained: str | None = None) -> VisionEncoderConfig:
@@ -163,9 +168,22 @@ class HFSiglipEncoder(VisionEncoder):
         """Parameters of S(·): the patch conv and the position embedding table."""
         return list(self.model.embeddings.parameters())
 
+    def window_mask(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """Additive 1×1×M×M mask of `attention_window` (0 inside the window, the dtype's minimum outside), or None."""
+        if self.cfg.attention_window is None:
+            return None
+        side = self.image_size // self.patch_size
+        yy, xx = torch.meshgrid(torch.arange(side, device=device), torch.arange(side, device=device), indexing="ij")
+        y, x = yy.flatten(), xx.flatten()
+        far_MM = torch.maximum((y[:, None] - y[None]).abs(), (x[:, None] - x[None]).abs()) > self.cfg.attention_window
+        mask_MM = torch.zeros(far_MM.shape, dtype=dtype, device=device).masked_fill(far_MM, torch.finfo(dtype).min)
+        return mask_MM[None, None]
+
     def forward_embeddings(self, emb_BMC: torch.Tensor) -> torch.Tensor:
         """Transformer blocks + post-LayerNorm on given embeddings. Returns B,M,C."""
-        return self.model.post_layernorm(self.model.encoder(inputs_embeds=emb_BMC).last_hidden_state)
+        mask = self.window_mask(emb_BMC.dtype, emb_BMC.device)
+        hidden_BMC = self.model.encoder(inputs_embeds=emb_BMC, attention_mask=mask).last_hidden_state
+        return self.model.post_layernorm(hidden_BMC)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

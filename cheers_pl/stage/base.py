@@ -30,6 +30,7 @@ class StageConfig:
     trainable: list[str] = field(default_factory=list)  # globs over parameter names, e.g. "model.llm.*"
     init_from: str | None = None  # a previous stage's checkpoint or an exported dir: its `model.*` weights only
     init_shape_mismatch: str = "error"  # "error", or "skip" (keep this model's init for tensors whose shape changed)
+    init_keep: list[str] = field(default_factory=list)  # globs of `model.*` tensors that keep their fresh init
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -61,7 +62,9 @@ def _check_text_tokenizer(module: nn.Module, directory: Path) -> None:
         )
 
 
-def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "error") -> dict[str, list[str]]:
+def load_model_weights(
+    module: nn.Module, path: str, shape_mismatch: str = "error", keep: list[str] | None = None
+) -> dict[str, list[str]]:
     """Loads the `model.*` weights of a checkpoint into `module` (lenient on missing keys).
 
     Args:
@@ -69,13 +72,16 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
         path: the checkpoint, or an exported directory (`save_pretrained`, `convert-official`).
         shape_mismatch: "error", or "skip" to keep the module's own tensor where the shape changed (an ablation
             that changes a component's geometry, e.g. no token compression).
+        keep: globs of tensor names that keep the module's own (fresh) init, e.g. ["model.vision.encoder.*"] to
+            train a component again from scratch beside loaded ones.
 
     Returns:
-        The `loaded`, `missing` (in module, not in checkpoint), `unexpected` (in checkpoint only) and `skipped`
-        (shape changed) keys.
+        The `loaded`, `missing` (in module, not in checkpoint), `unexpected` (in checkpoint only), `skipped`
+        (shape changed) and `kept` (matched by `keep`) keys.
 
     Raises:
-        ValueError: unreadable checkpoint, no `model.*` key in common, or a shape mismatch (naming the key).
+        ValueError: unreadable checkpoint, no `model.*` key in common, a shape mismatch (naming the key), or a
+            `keep` glob that matches no tensor.
     """
     if shape_mismatch not in ("error", "skip"):
         raise ValueError(f"stage.init_shape_mismatch must be 'error' or 'skip', got {shape_mismatch!r}")
@@ -100,7 +106,13 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
         warnings.warn(
             f"stage.init_from: {len(skipped)} tensors changed shape and keep their init: {skipped[:4]}", stacklevel=2
         )
-    common = [k for k in common if k not in skipped]
+    kept = set()
+    for pattern in keep or []:
+        matched = {k for k in own if fnmatch.fnmatchcase(k, pattern)}
+        if not matched:
+            raise ValueError(f"stage.init_keep: {pattern!r} matches no tensor of this stage's model")
+        kept |= matched
+    common = [k for k in common if k not in skipped and k not in kept]
     module.load_state_dict({k: state[k] for k in common}, strict=False)
     own_model = [k for k in own if k.startswith("model.")]
     return {
@@ -108,6 +120,7 @@ def load_model_weights(module: nn.Module, path: str, shape_mismatch: str = "erro
         "missing": [k for k in own_model if k not in state],
         "unexpected": [k for k in state if k not in own],
         "skipped": skipped,
+        "kept": sorted(kept),
     }
 
 
@@ -154,13 +167,16 @@ class StageModule(L.LightningModule):
         """Freezes everything, then unfreezes the declared globs and loads `init_from` (call at the end of
         the subclass's __init__)."""
         if self.stage_cfg.init_from:
-            report = load_model_weights(self, self.stage_cfg.init_from, self.stage_cfg.init_shape_mismatch)
+            report = load_model_weights(
+                self, self.stage_cfg.init_from, self.stage_cfg.init_shape_mismatch, self.stage_cfg.init_keep
+            )
             log.info(
-                "init_from %s: %d tensors loaded, %d missing (new here), %d unused",
+                "init_from %s: %d tensors loaded, %d missing (new here), %d unused, %d kept at their init",
                 self.stage_cfg.init_from,
                 len(report["loaded"]),
                 len(report["missing"]),
                 len(report["unexpected"]),
+                len(report["kept"]),
             )
         self.declare_trainable(self.stage_cfg.trainable)
 

@@ -97,6 +97,9 @@ class TokenizerStageConfig(StageConfig):
     # image (no VAE or D pass: cheap enough for the large batches sigmoid contrastive learning wants)
     contrastive_input: str = "decoded"
     attribute_weight: float = 0.0  # token-attribute loss (d); needs shards with scene descriptions (synthetic)
+    # False: the contrastive loss trains the towers on the encoder's tokens without reaching the encoder (a mean-pooled
+    # contrastive target rewards writing the whole scene into every token, which the LLM then answers from; issue 12)
+    contrastive_trains_encoder: bool = True
     reset_pixel_decoder: bool = False  # re-copy D from the VAE decoder after `init_from`
 
     def __post_init__(self) -> None:
@@ -241,7 +244,8 @@ class TokenizerStage(StageModule):
         if "contrastive" in active:
             towers = self.model.contrastive
             ids, mask = self.tokenize_captions([str(batch.meta[i]["caption"]) for i in keep], images.device)
-            losses["contrastive"] = towers.loss(towers.embed_images(semantic), towers.embed_texts(ids, mask))
+            pooled = semantic if scfg.contrastive_trains_encoder else semantic.detach()
+            losses["contrastive"] = towers.loss(towers.embed_images(pooled), towers.embed_texts(ids, mask))
         if "attributes" in active:
             labels = self._attribute_labels([batch.meta[i] for i in keep], images.device)
             losses["attributes"] = token_classification_loss(self.model.attribute_heads(semantic), labels)

@@ -219,3 +219,48 @@ def test_counterfactual_edits_change_only_the_asked_attribute_and_the_part_score
     out_dir = tmp_path / "diag"
     assert main(["diagnose", f"ckpt={tokenizer_ckpt}", "parts=[counterfactual]", f"out_dir={out_dir}"]) == 0
     assert "skipped" in json.loads((out_dir / "diagnose.json").read_text())["counterfactual"]
+
+
+def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: Path) -> None:
+    """1h reads only cells no object touches (their pixels are plain background, so the pixel probe cannot beat the
+    majority rate); 1i's oracle tokens hold the object under each cell and, with the summary, the scene's attribute
+    sets in every token; both parts report through the headline and the Markdown."""
+    import numpy as np
+
+    from cheers_pl.data.synthetic import make_sample
+    from cheers_pl.data.synthetic_labels import ATTRIBUTES, attribute_classes
+    from cheers_pl.diagnose.locality import empty_cells, oracle_tokens, run_scene_summary, run_token_binding
+    from cheers_pl.diagnose.run import headline, markdown
+    from cheers_pl.restore import load_stage
+
+    world = SyntheticConfig()
+    scene = Scene.from_json(make_sample(3, "train", world)["json"]["scene"])
+    image = make_sample(3, "train", world)["image"]
+    for grid in (4, 8):
+        cell = 64 // grid
+        plain = [k for k in range(grid * grid)
+                 if (image[(k // grid) * cell : (k // grid + 1) * cell, (k % grid) * cell : (k % grid + 1) * cell]
+                     == world.background).all()]  # fmt: skip
+        assert empty_cells(scene, world, grid).tolist() == plain
+    widths = [len(v) for v in attribute_classes(world).values()]
+    local, summed = oracle_tokens([scene], world, 8, summary=False), oracle_tokens([scene], world, 8, summary=True)
+    assert local.shape == (1, 64, sum(widths)) and torch.equal(summed[..., : sum(widths)], local)
+    extra = summed[0, :, sum(widths) :]
+    assert (extra == extra[0]).all() and extra[0].sum() == sum(len({getattr(o, a) for o in scene.objects})
+                                                              for a in ("color", "shape", "texture"))  # fmt: skip
+    assert local[0, empty_cells(scene, world, 8)][:, np.cumsum([0, *widths[:-1]])].all()  # class "none" everywhere
+    assert len(ATTRIBUTES) == len(widths)
+
+    stage = load_stage(str(tokenizer_ckpt), [])
+    summary = run_scene_summary(stage.model.vision, world, num_train=200, num_test=80, steps=50)
+    for target in ("color", "shape", "texture"):
+        pixels = summary["probes"]["pixels"][target]["linear"]
+        assert pixels["accuracy"] <= pixels["chance"]
+    cfg = compose("tiny_align", [f"data.shard_dir={shard_dir}", f"stage.init_from={tokenizer_ckpt}"])
+    tokens = run_token_binding(build_stage(cfg), world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1)
+    for source in ("oracle", "oracle+summary", "semantic"):
+        assert set(tokens[source]["final"]) <= {"color", "shape", "texture", "count"} and tokens[source]["curve"]
+    report = {"protocol": {}, "summary": summary, "tokens": tokens}
+    text = markdown(report)
+    assert "## 1h" in text and "## 1i" in text and "| oracle+summary |" in text
+    assert headline(report)["summary/semantic/color"] == summary["probes"]["semantic"]["color"]["linear"]["accuracy"]

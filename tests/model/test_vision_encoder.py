@@ -148,3 +148,28 @@ def test_input_and_config_errors() -> None:
         VisionEncoderConfig(backend="clip")
     with pytest.raises(ValueError, match="image_size=60 must be divisible by patch_size=8"):
         VisionEncoderConfig(image_size=60)
+
+
+@pytest.mark.parametrize("window", [None, 0, 1])
+def test_attention_window_bounds_what_a_token_sees(window) -> None:
+    """With `attention_window` k each of the L layers widens the view by k patches: a patch farther than k·L
+    (Chebyshev) from a token leaves it exactly unchanged, a nearer one changes it; None is global attention."""
+    cfg = VisionEncoderConfig(num_layers=3, attention_window=window)  # 8×8 patches of 8 px
+    torch.manual_seed(0)
+    encoder = build_vision_encoder(cfg).eval()
+    pixels = _pixels(1)
+    far, near = pixels.clone(), pixels.clone()
+    far[..., 56:, 56:] += 1.0  # patch (7, 7): 7 patches from token (0, 0)
+    near[..., 8:16, 8:16] += 1.0  # patch (1, 1): 1 patch away
+    with torch.no_grad():
+        base, moved_far, moved_near = (encoder(x)[0, 0] for x in (pixels, far, near))
+    reach = None if window is None else window * cfg.num_layers
+    assert torch.equal(base, moved_far) == (reach is not None and reach < 7)
+    assert torch.equal(base, moved_near) == (reach == 0)
+
+
+def test_attention_window_needs_the_hf_backend_and_a_non_negative_value() -> None:
+    with pytest.raises(ValueError, match="attention_window"):
+        VisionEncoderConfig(backend="timm_siglip", attention_window=1)
+    with pytest.raises(ValueError, match="attention_window"):
+        VisionEncoderConfig(attention_window=-1)

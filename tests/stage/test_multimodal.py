@@ -218,3 +218,23 @@ def test_a_batch_without_generation_rows_still_runs_the_flow_head_at_weight_zero
     with torch.no_grad():
         losses = stage.losses(sub, sub.input_ids, torch.ones(len(sub)))
     assert calls == [1] and losses["loss_flow"] == 0 and losses["loss_lm"] > 0
+
+
+def test_init_keep_leaves_the_matched_tensors_at_their_init(make_cfg, tmp_path: Path) -> None:
+    """`stage.init_keep` trains a component again from scratch beside loaded ones; a glob matching nothing is an
+    error (a typo must not silently load everything)."""
+    source = build_stage(make_cfg("tiny_align"))
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    path = tmp_path / "src.ckpt"
+    torch.save({"state_dict": state}, path)
+    torch.manual_seed(0)
+    fresh = build_stage(make_cfg("tiny_align")).state_dict()
+    torch.manual_seed(0)
+    stage = build_stage(make_cfg("tiny_align", f"stage.init_from={path}", "stage.init_keep=[model.vision.encoder.*]"))
+    for k, v in stage.state_dict().items():
+        if not v.is_floating_point():
+            continue
+        expected = fresh[k] if k.startswith("model.vision.encoder.") else state[k]
+        assert torch.equal(v, expected), k
+    with pytest.raises(ValueError, match="init_keep"):
+        build_stage(make_cfg("tiny_align", f"stage.init_from={path}", "stage.init_keep=[model.vision.encodr.*]"))

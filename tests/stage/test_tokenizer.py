@@ -173,3 +173,15 @@ def test_token_attribute_loss_trains_encoder_and_heads_and_counts_rows_without_a
     with pytest.raises(ValueError, match="no active loss"):
         TokenizerStage(_cfg(shard_dir, contrastive=False, train_vae=False, decoder_weight=0.0,
                             trainable=["model.vision.encoder.*"]))  # fmt: skip
+
+
+@pytest.mark.parametrize("reaches", [True, False])
+def test_contrastive_loss_reaches_the_encoder_only_when_told(shard_dir, reaches: bool) -> None:
+    """`contrastive_trains_encoder=false` trains the towers on the encoder's tokens and leaves the encoder to the
+    other losses (here none: it must not move)."""
+    trainable = ["model.vision.encoder.*", "model.contrastive.*"]
+    stage = TokenizerStage(_cfg(shard_dir, train_vae=False, decoder_weight=0.0, contrastive_input="pixels",
+                                contrastive_trains_encoder=reaches, trainable=trainable))  # fmt: skip
+    changed = _one_step(stage, _batch())
+    assert any(n.startswith("model.contrastive.") for n in changed)
+    assert any(n.startswith("model.vision.encoder.") for n in changed) == reaches

@@ -1,0 +1,220 @@
+"""Diagnoses 1h and 1i: does every image token carry the whole scene, and is that what keeps the LLM from binding?
+
+1h, scene summary: on tokens that no object touches (not one pixel of an object in the token's cell), probes read the
+colour, shape and texture of the scene's first object in reading order. Pixels of such a cell hold only background,
+so their probe stays at chance; an encoder whose tokens describe what lies under them does too. A high figure means
+that every token carries a summary of the scene: an LLM can then answer "what colour is the square?" from any token
+with a colour of the scene, without finding the square.
+1i, binding from controlled tokens: a fresh LLM of the stage's config and a fresh token compressor learn the same
+single-question rows (colour, shape, texture and count questions of train scenes) over three token sources:
+- oracle: per semantic-grid cell, the one-hot attributes of the object under it (`synthetic_labels`), nothing else;
+- oracle+summary: the same, plus the scene's sets of colours, shapes and textures in every token;
+- semantic: the tokenizer's own semantic tokens of D(x1).
+Scored by teacher-forced exact match of the answer on test questions about scenes of two or more objects (counts on
+all scenes). If oracle binds and oracle+summary does not, a summary in every token is enough to stop the LLM; where
+"semantic" lands says which of the two the tokenizer's tokens behave like.
+
+Shape legend: B scenes, M semantic tokens, C channels, g grid side.
+"""
+
+import dataclasses
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cheers_pl.data.batch import Example, collate
+from cheers_pl.data.synthetic import make_sample
+from cheers_pl.data.synthetic_labels import ATTRIBUTES, attribute_classes, token_attribute_labels
+from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
+from cheers_pl.data.synthetic_text import reading_order
+from cheers_pl.data.tasks import TASK_UNDERSTANDING
+from cheers_pl.diagnose.probes import fit_probe, grids, scenes
+from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
+from cheers_pl.model.llm import LLM
+from cheers_pl.model.projectors import TokenCompressor, TokenCompressorConfig
+from cheers_pl.optim import OptimConfig, build_optimizer
+
+SUMMARY_TARGETS = ("color", "shape", "texture")
+SUMMARY_FEATURES = ("pixels", "semantic", "llm")
+TOKEN_SOURCES = ("oracle", "oracle+summary", "semantic")
+BINDING_CATEGORIES = ("color", "shape", "texture", "count")
+
+
+def empty_cells(scene: Scene, cfg: SyntheticConfig, grid: int) -> np.ndarray:
+    """Raster indices of the cells of a g×g grid that no object touches."""
+    labels_Agg = token_attribute_labels(scene, cfg, grid, min_frac=1e-9)  # any object pixel labels the cell
+    return np.flatnonzero(labels_Agg[0].reshape(-1) == 0)
+
+
+def _summary_rows(grid_BCgg: torch.Tensor, scene_list: list[Scene], cfg: SyntheticConfig) -> tuple[torch.Tensor, dict]:
+    """One empty-cell feature vector per scene of two or more objects that has one, and the targets."""
+    rows, targets = [], {t: [] for t in SUMMARY_TARGETS}
+    g = grid_BCgg.shape[-1]
+    for i, scene in enumerate(scene_list):
+        cells = empty_cells(scene, cfg, g)
+        if len(scene.objects) < 2 or not len(cells):
+            continue
+        rows.append(grid_BCgg[i].flatten(1)[:, cells[0]])
+        first = reading_order(scene)[0]
+        for t in SUMMARY_TARGETS:
+            targets[t].append(getattr(first, t))
+    return torch.stack(rows), targets
+
+
+def run_scene_summary(
+    vision: nn.Module, cfg: SyntheticConfig, num_train: int = 1500, num_test: int = 400, steps: int = 300
+) -> dict[str, Any]:
+    """1h: per feature set, linear / MLP probe accuracy of the first object's attributes from an empty token.
+
+    Returns:
+        {"probes": {feature: {target: {"linear", "mlp"}}}, "protocol": {...}}.
+    """
+    train_images, train_scenes = scenes(cfg, "train", num_train, in_distribution=True)
+    test_images, test_scenes = scenes(cfg, "test", num_test, in_distribution=True)
+    vision.eval()
+    g_train, g_test = grids(vision, train_images), grids(vision, test_images)
+    out: dict[str, Any] = {}
+    for feature in SUMMARY_FEATURES:
+        x_train, y_train = _summary_rows(g_train[feature], train_scenes, cfg)
+        x_test, y_test = _summary_rows(g_test[feature], test_scenes, cfg)
+        out[feature] = {
+            t: {kind: fit_probe(x_train, y_train[t], x_test, y_test[t], kind, steps) for kind in ("linear", "mlp")}
+            for t in SUMMARY_TARGETS
+        }
+        out[feature]["grid"] = g_train[feature].shape[-1]
+    protocol = {"num_train_scenes": num_train, "num_test_scenes": num_test, "probe_steps": steps,
+                "target": "the first object (reading order) from one empty token, scenes of >= 2 objects"}  # fmt: skip
+    return {"probes": out, "protocol": protocol}
+
+
+def oracle_tokens(scene_list: list[Scene], cfg: SyntheticConfig, grid: int, summary: bool) -> torch.Tensor:
+    """B×M×C one-hot attributes of the object under each cell (class 0 = none), optionally followed in every token by
+    the scene's colour, shape and texture sets (multi-hot)."""
+    classes = attribute_classes(cfg)
+    rows = []
+    for scene in scene_list:
+        labels_AM = token_attribute_labels(scene, cfg, grid).reshape(len(ATTRIBUTES), -1)
+        parts = [np.eye(len(classes[a]))[labels_AM[j]] for j, a in enumerate(ATTRIBUTES)]
+        if summary:
+            present = [[float(any(getattr(o, a) == v for o in scene.objects)) for v in classes[a][1:]]
+                       for a in SUMMARY_TARGETS]  # fmt: skip
+            parts.append(np.tile(np.concatenate(present), (labels_AM.shape[1], 1)))
+        rows.append(torch.tensor(np.concatenate(parts, axis=1), dtype=torch.float32))
+    return torch.stack(rows)
+
+
+def _questions(cfg: SyntheticConfig, split: str, num: int) -> tuple[torch.Tensor, list[Scene], list[list[dict]]]:
+    images, scene_list, qa = [], [], []
+    for index in range(num):
+        sample = make_sample(index, split, cfg)
+        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 127.5 - 1)
+        scene = Scene.from_json(sample["json"]["scene"])
+        scene_list.append(scene)
+        qa.append([q for q in sample["json"]["qa"] if q["category"] in BINDING_CATEGORIES
+                   and (q["category"] == "count" or len(scene.objects) >= 2 or split == "train")])  # fmt: skip
+    return torch.stack(images), scene_list, qa
+
+
+class _Learner(nn.Module):
+    """A fresh LLM + token compressor over given semantic-grid features; `loss_and_hits` on question rows."""
+
+    def __init__(self, stage: Any, in_dim: int) -> None:
+        super().__init__()
+        model = stage.model
+        self.image_positions, self.builder = model.image_positions, stage.pipeline.builder  # the stage stays out
+        self.grid_hw = model.vision.semantic_grid_hw
+        self.llm = LLM(dataclasses.replace(model.llm.cfg, pretrained=None, vocab_size=model.llm.vocab_size))
+        factor = model.vision.compressor.cfg.factor
+        self.compressor = TokenCompressor(TokenCompressorConfig(in_dim, self.llm.hidden_dim, factor))
+
+    def loss_and_hits(self, feats_BMC: torch.Tensor, qa: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean answer cross-entropy and, per row, whether every answer token is the argmax (teacher forced)."""
+        blank = torch.zeros(3, 1, 1)
+        examples = [Example(f"q{i}", TASK_UNDERSTANDING, blank, self.builder.understanding(q["question"], q["answer"]))
+                    for i, q in enumerate(qa)]  # fmt: skip
+        batch = collate(examples, self.builder.ids["pad"])
+        embeds = self.llm.embed_tokens(batch.input_ids)
+        rows_R, cols_RN = self.image_positions(batch.block_ids)
+        embeds = embeds.index_put((rows_R[:, None], cols_RN), self.compressor(feats_BMC, self.grid_hw))
+        mask = block_causal_mask(batch.block_ids, batch.pad_mask)
+        logits = self.llm(embeds, mask, positions_from_padding(batch.pad_mask)).logits_BLV[:, :-1]
+        targets = batch.labels[:, 1:]
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        hits = ((logits.argmax(-1) == targets) | (targets < 0)).all(dim=1)
+        return loss, hits
+
+
+def _score(learner: _Learner, feats_BMC: torch.Tensor, qa: list[list[dict]], batch_size: int = 128) -> dict:
+    items = [(i, q) for i, row in enumerate(qa) for q in row]
+    hits: dict[str, list[bool]] = {c: [] for c in BINDING_CATEGORIES}
+    learner.eval()
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            _, ok = learner.loss_and_hits(feats_BMC[[i for i, _ in chunk]], [q for _, q in chunk])
+            for (_, q), hit in zip(chunk, ok.tolist(), strict=True):
+                hits[q["category"]].append(hit)
+    learner.train()
+    return {c: round(float(np.mean(v)), 3) for c, v in hits.items() if v}
+
+
+def run_token_binding(
+    stage: Any, cfg: SyntheticConfig, steps: int = 1000, batch_size: int = 64, num_train: int = 4000,
+    num_test: int = 400, lr: float = 3e-3, evals: int = 4, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """1i: per token source, the exact-match curve of a fresh LLM + compressor (see the module docstring).
+
+    Returns:
+        {source: {"curve": [{"step", "loss", category: accuracy}], "final": {...}, "seconds"}, "protocol": {...}}.
+    """
+    vision = stage.model.vision
+    train_images, train_scenes, train_qa = _questions(cfg, "train", num_train)
+    test_images, test_scenes, test_qa = _questions(cfg, "test", num_test)
+    grid = vision.semantic_grid_hw[0]
+
+    def semantic(images: torch.Tensor) -> torch.Tensor:
+        vision.eval()
+        with torch.no_grad():
+            return torch.cat([vision.features(vision.encode(images[s : s + 128])).semantic
+                              for s in range(0, len(images), 128)])  # fmt: skip
+
+    sources = {
+        "oracle": lambda s, _: oracle_tokens(s, cfg, grid, summary=False),
+        "oracle+summary": lambda s, _: oracle_tokens(s, cfg, grid, summary=True),
+        "semantic": lambda _, images: semantic(images),
+    }
+    out: dict[str, Any] = {}
+    usable = [i for i, row in enumerate(train_qa) if row]
+    every = max(steps // evals, 1)
+    for name in TOKEN_SOURCES:
+        feats_train, feats_test = sources[name](train_scenes, train_images), sources[name](test_scenes, test_images)
+        torch.manual_seed(seed)
+        learner = _Learner(stage, feats_train.shape[-1])
+        optimizer, scheduler = build_optimizer(
+            list(learner.named_parameters()),
+            OptimConfig(lr=lr, warmup_frac=0.05, schedule="cosine"),
+            steps,
+        )
+        rng, curve, started = random.Random(seed), [], time.perf_counter()
+        learner.train()
+        for step in range(1, steps + 1):
+            idx = rng.sample(usable, min(batch_size, len(usable)))
+            with torch.enable_grad():
+                loss, _ = learner.loss_and_hits(feats_train[idx], [rng.choice(train_qa[i]) for i in idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if step % every == 0 or step == steps:
+                curve.append({"step": step, "loss": round(loss.item(), 4), **_score(learner, feats_test, test_qa)})
+        out[name] = {"curve": curve, "final": {k: v for k, v in curve[-1].items() if k in BINDING_CATEGORIES},
+                     "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    llm_cfg = dataclasses.asdict(stage.model.llm.cfg)
+    out["protocol"] = {"steps": steps, "batch_size": batch_size, "lr": lr, "num_train_scenes": num_train,
+                       "num_test_scenes": num_test, "seed": seed, "llm": llm_cfg}  # fmt: skip
+    return out
