@@ -90,6 +90,8 @@ def test_flow_overfit_parses_back(shard_dir) -> None:
     """1c: two fitted prompt → scene pairs come back from the stage's sampler as their scenes (shape, colour, count)."""
     torch.manual_seed(0)
     _, stage = _stage(shard_dir, "tiny_generation", FROM_TINY_TOKENIZER)
-    out = run_flow_overfit(stage, SyntheticConfig(), steps=1000, lr=2e-3, every=100, num=2)
-    print(out["curve"], out["per_scene"])  # measured: both scenes parse back at step 700 (83 s on a 2-core machine)
+    out = run_flow_overfit(stage, SyntheticConfig(), steps=1500, lr=2e-3, every=100, num=2)
+    # measured: both scenes parse back at step 700 (83 s) on one 2-core machine and at step 1100 (73 s) on another,
+    # whose kernels round differently (the noisy two-scene flow loss then takes another path)
+    print(out["curve"], out["per_scene"])
     assert out["reached_at_step"] is not None and out["final"] == 1.0, out
