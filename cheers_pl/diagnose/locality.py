@@ -1,8 +1,9 @@
 """Diagnoses 1h and 1i: does every image token carry the whole scene, and is that what keeps the LLM from binding?
 
 1h, scene summary: on tokens that no object touches (not one pixel of an object in the token's cell), probes read the
-colour, shape and texture of the scene's first object in reading order. Pixels of such a cell hold only background,
-so their probe stays at chance; an encoder whose tokens describe what lies under them does too. A high figure means
+colour, shape and texture of the scene's first object in reading order, from the empty token farthest from it (so
+that a windowed encoder's neighbourhood does not count). Pixels of such a cell hold only background, so their probe
+stays at chance; an encoder whose tokens describe what lies under them does too. A high figure means
 that every token carries a summary of the scene: an LLM can then answer "what colour is the square?" from any token
 with a colour of the scene, without finding the square.
 1i, binding from controlled tokens: a fresh LLM of the stage's config and a fresh token compressor learn the same
@@ -58,8 +59,12 @@ def _summary_rows(grid_BCgg: torch.Tensor, scene_list: list[Scene], cfg: Synthet
         cells = empty_cells(scene, cfg, g)
         if len(scene.objects) < 2 or not len(cells):
             continue
-        rows.append(grid_BCgg[i].flatten(1)[:, cells[0]])
         first = reading_order(scene)[0]
+        # the empty cell farthest from that object (Chebyshev, pixels), so that a windowed encoder's neighbourhood
+        # does not count as a summary
+        cell_px = scene.image_size / g
+        far = np.maximum(np.abs((cells % g + 0.5) * cell_px - first.x), np.abs((cells // g + 0.5) * cell_px - first.y))
+        rows.append(grid_BCgg[i].flatten(1)[:, cells[np.argmax(far)]])
         for t in SUMMARY_TARGETS:
             targets[t].append(getattr(first, t))
     return torch.stack(rows), targets
@@ -87,7 +92,7 @@ def run_scene_summary(
         }
         out[feature]["grid"] = g_train[feature].shape[-1]
     protocol = {"num_train_scenes": num_train, "num_test_scenes": num_test, "probe_steps": steps,
-                "target": "the first object (reading order) from one empty token, scenes of >= 2 objects"}  # fmt: skip
+                "target": "first object (reading order), from the empty token farthest from it"}  # fmt: skip
     return {"probes": out, "protocol": protocol}
 
 
