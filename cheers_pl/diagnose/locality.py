@@ -213,8 +213,7 @@ def run_token_binding(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
             if step % every == 0 or step == steps:
                 curve.append({"step": step, "loss": round(loss.item(), 4), **_score(learner, feats_test, test_qa)})
         out[name] = {"curve": curve, "final": {k: v for k, v in curve[-1].items() if k in BINDING_CATEGORIES},

@@ -219,8 +219,9 @@ def _locality_md(report: dict[str, Any]) -> list[str]:
     if "summary" in report:
         probes = report["summary"]["probes"]
         lines += ["## 1h Does every token carry the whole scene (probes on tokens no object touches)", "",
-                  "The first object's attributes (reading order) read from one empty token per test scene of two or "
-                  "more objects, linear / MLP:", "", "| features | grid | " + " | ".join(SUMMARY_TARGETS) + " |",
+                  "The first object's attributes (reading order) read from the empty token farthest from it, one per "
+                  "test scene of two or more objects, linear / MLP:", "",
+                  "| features | grid | " + " | ".join(SUMMARY_TARGETS) + " |",
                   "|---|---|" + "---|" * len(SUMMARY_TARGETS)]  # fmt: skip
         for feature, entry in probes.items():
             cells = [f"{entry[t]['linear']['accuracy']:.2f} / {entry[t]['mlp']['accuracy']:.2f}"
