@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from cheers_pl.data.batch import Example, collate
-from cheers_pl.data.synthetic import make_sample
 from cheers_pl.data.synthetic_labels import ATTRIBUTES, attribute_classes, token_attribute_labels
 from cheers_pl.data.synthetic_scene import Scene, SyntheticConfig
 from cheers_pl.data.synthetic_text import reading_order
 from cheers_pl.data.tasks import TASK_UNDERSTANDING
-from cheers_pl.diagnose.probes import fit_probe, grids, scenes
+from cheers_pl.diagnose.probes import fit_probe, grids, scene_samples, scenes
 from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
 from cheers_pl.model.llm import LLM
 from cheers_pl.model.projectors import TokenCompressor, TokenCompressorConfig
@@ -113,15 +112,13 @@ def oracle_tokens(scene_list: list[Scene], cfg: SyntheticConfig, grid: int, summ
 
 
 def _questions(cfg: SyntheticConfig, split: str, num: int) -> tuple[torch.Tensor, list[Scene], list[list[dict]]]:
-    images, scene_list, qa = [], [], []
-    for index in range(num):
-        sample = make_sample(index, split, cfg)
-        images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 127.5 - 1)
-        scene = Scene.from_json(sample["json"]["scene"])
-        scene_list.append(scene)
-        qa.append([q for q in sample["json"]["qa"] if q["category"] in BINDING_CATEGORIES
-                   and (q["category"] == "count" or len(scene.objects) >= 2 or split == "train")])  # fmt: skip
-    return torch.stack(images), scene_list, qa
+    """Images, scenes and per scene its binding questions (attribute questions only of scenes of two or more objects
+    outside the train split; held-out compositions included)."""
+    images, scene_list, records = scene_samples(cfg, split, num, in_distribution=False)
+    qa = [[q for q in record["qa"] if q["category"] in BINDING_CATEGORIES
+           and (q["category"] == "count" or len(scene.objects) >= 2 or split == "train")]
+          for scene, record in zip(scene_list, records, strict=True)]  # fmt: skip
+    return images, scene_list, qa
 
 
 class _Learner(nn.Module):

@@ -40,10 +40,12 @@ FEATURES = ("pixels", "semantic", "llm")
 WINDOW = 3
 
 
-def scenes(cfg: SyntheticConfig, split: str, num: int, in_distribution: bool) -> tuple[torch.Tensor, list[Scene]]:
+def scene_samples(
+    cfg: SyntheticConfig, split: str, num: int, in_distribution: bool
+) -> tuple[torch.Tensor, list[Scene], list[dict]]:
     """The first `num` scenes of a split (optionally only those without a held-out composition): images B×3×H×W in
-    [-1, 1] and their scenes."""
-    images, out, index = [], [], 0
+    [-1, 1], their scenes and each sample's json record (captions, questions)."""
+    images, out, records, index = [], [], [], 0
     while len(out) < num:
         sample = make_sample(index, split, cfg)
         index += 1
@@ -51,7 +53,14 @@ def scenes(cfg: SyntheticConfig, split: str, num: int, in_distribution: bool) ->
             continue
         images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 127.5 - 1)
         out.append(Scene.from_json(sample["json"]["scene"]))
-    return torch.stack(images), out
+        records.append(sample["json"])
+    return torch.stack(images), out, records
+
+
+def scenes(cfg: SyntheticConfig, split: str, num: int, in_distribution: bool) -> tuple[torch.Tensor, list[Scene]]:
+    """`scene_samples` without the json records."""
+    images, scene_list, _ = scene_samples(cfg, split, num, in_distribution)
+    return images, scene_list
 
 
 def _ridge_r2(x_NF: torch.Tensor, y_NK: torch.Tensor, split: float = 0.8) -> float:
