@@ -174,8 +174,8 @@ def parse_args(args_cls: type | None, items: list[str]) -> tuple[Any, list[str]]
     if args_cls is None:
         return None, items
     own_keys = {f.name for f in dataclasses.fields(args_cls)}
-    own = [i for i in items if i.partition("=")[0] in own_keys]
-    rest = [i for i in items if i.partition("=")[0] not in own_keys]
+    own = [i for i in items if i.partition("=")[0].split(".")[0] in own_keys]  # `field.key=v` sets a dict field
+    rest = [i for i in items if i.partition("=")[0].split(".")[0] not in own_keys]
     try:
         node = OmegaConf.merge(OmegaConf.structured(args_cls), OmegaConf.from_dotlist(own))
         return OmegaConf.to_object(node), rest

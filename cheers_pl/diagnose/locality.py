@@ -122,16 +122,28 @@ def _questions(cfg: SyntheticConfig, split: str, num: int) -> tuple[torch.Tensor
 
 
 class _Learner(nn.Module):
-    """A fresh LLM + token compressor over given semantic-grid features; `loss_and_hits` on question rows."""
+    """A fresh LLM + token compressor over given semantic-grid features; `loss_and_hits` on question rows.
 
-    def __init__(self, stage: Any, in_dim: int) -> None:
+    The LLM is of the stage's config with `llm_overrides` (LLMConfig fields) applied, the compressor of the stage's
+    factor unless `compression` names another (1 = one LLM token per semantic token).
+    """
+
+    def __init__(
+        self, stage: Any, in_dim: int, llm_overrides: dict[str, Any] | None = None, compression: int | None = None
+    ) -> None:
         super().__init__()
-        model = stage.model
-        self.image_positions, self.builder = model.image_positions, stage.pipeline.builder  # the stage stays out
+        model, llm_overrides = stage.model, dict(llm_overrides or {})
+        fields = {f.name for f in dataclasses.fields(model.llm.cfg)} - {"pretrained", "vocab_size"}
+        if set(llm_overrides) - fields:
+            raise ValueError(f"1i learner LLM: unknown fields {sorted(set(llm_overrides) - fields)}; known: "
+                             f"{sorted(fields)}")  # fmt: skip
         self.grid_hw = model.vision.semantic_grid_hw
-        self.llm = LLM(dataclasses.replace(model.llm.cfg, pretrained=None, vocab_size=model.llm.vocab_size))
-        factor = model.vision.compressor.cfg.factor
+        llm_cfg = dataclasses.replace(model.llm.cfg, pretrained=None, vocab_size=model.llm.vocab_size, **llm_overrides)
+        self.llm = LLM(llm_cfg)
+        factor = model.vision.compressor.cfg.factor if compression is None else compression
         self.compressor = TokenCompressor(TokenCompressorConfig(in_dim, self.llm.hidden_dim, factor))
+        h, w = self.compressor.output_grid(self.grid_hw)
+        self.builder = dataclasses.replace(stage.pipeline.builder, num_image_tokens=h * w)  # the stage stays out
 
     def loss_and_hits(self, feats_BMC: torch.Tensor, qa: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean answer cross-entropy and, per row, whether every answer token is the argmax (teacher forced)."""
@@ -140,7 +152,9 @@ class _Learner(nn.Module):
                     for i, q in enumerate(qa)]  # fmt: skip
         batch = collate(examples, self.builder.ids["pad"])
         embeds = self.llm.embed_tokens(batch.input_ids)
-        rows_R, cols_RN = self.image_positions(batch.block_ids)
+        is_image_BL = batch.block_ids > 0  # every row holds one image block
+        rows_R = is_image_BL.any(dim=1).nonzero()[:, 0]
+        cols_RN = is_image_BL[rows_R].nonzero()[:, 1].view(len(rows_R), -1)
         embeds = embeds.index_put((rows_R[:, None], cols_RN), self.compressor(feats_BMC, self.grid_hw))
         mask = block_causal_mask(batch.block_ids, batch.pad_mask)
         logits = self.llm(embeds, mask, positions_from_padding(batch.pad_mask)).logits_BLV[:, :-1]
@@ -166,13 +180,20 @@ def _score(learner: _Learner, feats_BMC: torch.Tensor, qa: list[list[dict]], bat
 
 def run_token_binding(
     stage: Any, cfg: SyntheticConfig, steps: int = 1000, batch_size: int = 64, num_train: int = 4000,
-    num_test: int = 400, lr: float = 3e-3, evals: int = 4, seed: int = 0,
+    num_test: int = 400, lr: float = 3e-3, evals: int = 4, seed: int = 0, sources: tuple[str, ...] = TOKEN_SOURCES,
+    llm_overrides: dict[str, Any] | None = None, compression: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """1i: per token source, the exact-match curve of a fresh LLM + compressor (see the module docstring).
+
+    `llm_overrides` (LLMConfig fields, e.g. {"num_layers": 4}) and `compression` change the fresh learner only, so
+    that one run can ask whether another LLM binds over the same tokens.
 
     Returns:
         {source: {"curve": [{"step", "loss", category: accuracy}], "final": {...}, "seconds"}, "protocol": {...}}.
     """
+    unknown = set(sources) - set(TOKEN_SOURCES)
+    if unknown or not sources:
+        raise ValueError(f"1i token sources: unknown {sorted(unknown)}; known: {list(TOKEN_SOURCES)}")
     vision = stage.model.vision
     train_images, train_scenes, train_qa = _questions(cfg, "train", num_train)
     test_images, test_scenes, test_qa = _questions(cfg, "test", num_test)
@@ -184,7 +205,7 @@ def run_token_binding(
             return torch.cat([vision.features(vision.encode(images[s : s + 128])).semantic
                               for s in range(0, len(images), 128)])  # fmt: skip
 
-    sources = {
+    build = {
         "oracle": lambda s, _: oracle_tokens(s, cfg, grid, summary=False),
         "oracle+summary": lambda s, _: oracle_tokens(s, cfg, grid, summary=True),
         "semantic": lambda _, images: semantic(images),
@@ -192,10 +213,10 @@ def run_token_binding(
     out: dict[str, Any] = {}
     usable = [i for i, row in enumerate(train_qa) if row]
     every = max(steps // evals, 1)
-    for name in TOKEN_SOURCES:
-        feats_train, feats_test = sources[name](train_scenes, train_images), sources[name](test_scenes, test_images)
+    for name in sources:
+        feats_train, feats_test = build[name](train_scenes, train_images), build[name](test_scenes, test_images)
         torch.manual_seed(seed)
-        learner = _Learner(stage, feats_train.shape[-1])
+        learner = _Learner(stage, feats_train.shape[-1], llm_overrides, compression)
         optimizer, scheduler = build_optimizer(
             list(learner.named_parameters()),
             OptimConfig(lr=lr, warmup_frac=0.05, schedule="cosine"),
@@ -215,7 +236,9 @@ def run_token_binding(
                 curve.append({"step": step, "loss": round(loss.item(), 4), **_score(learner, feats_test, test_qa)})
         out[name] = {"curve": curve, "final": {k: v for k, v in curve[-1].items() if k in BINDING_CATEGORIES},
                      "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-    llm_cfg = dataclasses.asdict(stage.model.llm.cfg)
+    llm_cfg = dataclasses.asdict(learner.llm.cfg)
     out["protocol"] = {"steps": steps, "batch_size": batch_size, "lr": lr, "num_train_scenes": num_train,
-                       "num_test_scenes": num_test, "seed": seed, "llm": llm_cfg}  # fmt: skip
+                       "num_test_scenes": num_test, "seed": seed, "sources": list(sources), "llm": llm_cfg,
+                       "llm_overrides": dict(llm_overrides or {}),
+                       "compression": learner.compressor.cfg.factor}  # fmt: skip
     return out

@@ -64,6 +64,12 @@ class DiagnoseArgs:
     recovery_scenes: int = 32
     counterfactual_questions: int = 128  # per attribute (colour, shape, texture)
     token_binding_steps: int = 1000  # 1i: steps of each fresh LLM (three token sources; ~90 s per 1000 on 2 cores)
+    token_binding_sources: list[str] = field(default_factory=lambda: list(TOKEN_SOURCES))
+    token_binding_train_scenes: int = 4000
+    token_binding_lr: float = 3e-3
+    # the fresh learner only: LLMConfig fields (token_binding_llm={num_layers:4}) and compression factor (1 = none)
+    token_binding_llm: dict[str, Any] = field(default_factory=dict)
+    token_binding_compression: int | None = None
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,7 +134,11 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
         if "steering" in args.parts:
             report["steering"] = run_prompt_steering(fit, world, steps=args.steering_steps)
         if "tokens" in args.parts:
-            report["tokens"] = run_token_binding(fit, world, steps=args.token_binding_steps)
+            report["tokens"] = run_token_binding(
+                fit, world, steps=args.token_binding_steps, num_train=args.token_binding_train_scenes,
+                lr=args.token_binding_lr, sources=tuple(args.token_binding_sources),
+                llm_overrides=args.token_binding_llm, compression=args.token_binding_compression,
+            )  # fmt: skip
     if "conditioning" in args.parts:
         pipeline = getattr(stage, "pipeline", None)
         if pipeline is None:
@@ -230,13 +240,15 @@ def _locality_md(report: dict[str, Any]) -> list[str]:
         chance = [f"{next(iter(probes.values()))[t]['linear']['chance']:.2f}" for t in SUMMARY_TARGETS]
         lines += ["| chance (majority) | | " + " | ".join(chance) + " |", ""]
     if "tokens" in report:
-        tokens = report["tokens"]
+        tokens, p = report["tokens"], report["tokens"]["protocol"]
+        learner = ", ".join(f"{k} {v}" for k, v in p.get("llm_overrides", {}).items()) or "the stage's config"
         lines += ["## 1i Does a fresh LLM bind over local tokens, and does a scene summary in every token stop it", "",
-                  f"Teacher-forced exact match on test questions after {tokens['protocol']['steps']} steps (batch "
-                  f"{tokens['protocol']['batch_size']}; attribute questions of scenes with two or more objects):", "",
+                  f"Teacher-forced exact match on test questions after {p['steps']} steps (batch {p['batch_size']}, "
+                  f"LR {p['lr']}, {p['num_train_scenes']} train scenes; LLM: {learner}; compression "
+                  f"{p.get('compression', '')}; attribute questions of scenes with two or more objects):", "",
                   "| tokens | " + " | ".join(BINDING_CATEGORIES) + " | seconds |",
                   "|---|" + "---|" * (len(BINDING_CATEGORIES) + 1)]  # fmt: skip
-        for source in TOKEN_SOURCES:
+        for source in (s for s in TOKEN_SOURCES if s in tokens):
             e = tokens[source]
             cells = [f"{e['final'].get(c, float('nan')):.2f}" for c in BINDING_CATEGORIES]
             lines.append(f"| {source} | " + " | ".join(cells) + f" | {e['seconds']} |")

@@ -264,3 +264,25 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
     text = markdown(report)
     assert "## 1h" in text and "## 1i" in text and "| oracle+summary |" in text
     assert headline(report)["summary/semantic/color"] == summary["probes"]["semantic"]["color"]["linear"]["accuracy"]
+
+    # another learner over the same tokens: its LLM fields and compression apply to it alone, and the report says so
+    fit = build_stage(cfg)
+    other = run_token_binding(fit, world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1,
+                              sources=("oracle",), llm_overrides={"num_layers": 1}, compression=1)  # fmt: skip
+    assert set(other) == {"oracle", "protocol"} and other["protocol"]["llm"]["num_layers"] == 1
+    assert other["protocol"]["compression"] == 1 and fit.model.llm.cfg.num_layers == cfg.model.llm.num_layers
+    assert "LLM: num_layers 1; compression 1" in markdown({"protocol": {}, "tokens": other})
+    with pytest.raises(ValueError, match="unknown fields"):
+        run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("oracle",),
+                          llm_overrides={"layers": 4})  # fmt: skip
+    with pytest.raises(ValueError, match="token sources"):
+        run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("pixels",))
+
+
+def test_cli_sets_the_1i_learner_by_dotted_keys() -> None:
+    """`token_binding_llm.num_layers=4` is the diagnose command's own argument, not a config override."""
+    from cheers_pl.cli import parse_args
+    from cheers_pl.diagnose.run import DiagnoseArgs
+
+    args, rest = parse_args(DiagnoseArgs, ["ckpt=x", "token_binding_llm.num_layers=4", "model.llm.dim=64"])
+    assert args.token_binding_llm == {"num_layers": 4} and rest == ["model.llm.dim=64"]
