@@ -66,8 +66,8 @@ class DiagnoseArgs:
     token_binding_steps: int = 1000  # 1i: steps of each fresh LLM (three token sources; ~90 s per 1000 on 2 cores)
     token_binding_sources: list[str] = field(default_factory=lambda: list(TOKEN_SOURCES))
     token_binding_train_scenes: int = 4000
-    token_binding_lr: float = 3e-3
-    # the fresh learner only: LLMConfig fields (token_binding_llm={num_layers:4}) and compression factor (1 = none)
+    token_binding_lr: float | None = None  # default: the LR of the stage the LLM is fitted in (align: 1e-3)
+    # the fresh learner only: LLMConfig fields (token_binding_llm.num_layers=4) and compression factor (1 = none)
     token_binding_llm: dict[str, Any] = field(default_factory=dict)
     token_binding_compression: int | None = None
     overrides: list[str] = field(default_factory=list)
@@ -136,7 +136,8 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
         if "tokens" in args.parts:
             report["tokens"] = run_token_binding(
                 fit, world, steps=args.token_binding_steps, num_train=args.token_binding_train_scenes,
-                lr=args.token_binding_lr, sources=tuple(args.token_binding_sources),
+                lr=fit.stage_cfg.optim.lr if args.token_binding_lr is None else args.token_binding_lr,
+                sources=tuple(args.token_binding_sources),
                 llm_overrides=args.token_binding_llm, compression=args.token_binding_compression,
             )  # fmt: skip
     if "conditioning" in args.parts:

@@ -279,6 +279,32 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
         run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("pixels",))
 
 
+def test_1i_learner_trains_at_the_fit_stage_lr_unless_told(
+    tokenizer_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`diagnose parts=[tokens]` hands the learner the LR of the stage the LLM is fitted in (the align stage's here),
+    or `token_binding_lr` where given, and passes the learner's LLM fields through."""
+    from cheers_pl.diagnose import run as diagnose_run
+
+    seen = []
+
+    def fake(stage, world, **kwargs):
+        seen.append(kwargs)
+        final = {"color": 0.5, "shape": 0.5, "texture": 0.5, "count": 0.5}
+        protocol = {"steps": kwargs["steps"], "batch_size": 64, "lr": kwargs["lr"], "num_train_scenes": 1,
+                    "compression": 2, "llm_overrides": kwargs["llm_overrides"]}  # fmt: skip
+        return {"oracle": {"curve": [final], "final": final, "seconds": 0.0}, "protocol": protocol}
+
+    monkeypatch.setattr(diagnose_run, "run_token_binding", fake)
+    align_lr = compose("tiny_align").stage.optim.lr
+    for extra, lr in (({}, align_lr), ({"token_binding_lr": 5e-4}, 5e-4)):
+        args = DiagnoseArgs(ckpt=str(tokenizer_ckpt), out_dir=str(tmp_path), parts=["tokens"],
+                            token_binding_llm={"num_layers": 3}, **extra)  # fmt: skip
+        diagnose_run.run(args)
+        assert seen[-1]["lr"] == lr and seen[-1]["llm_overrides"] == {"num_layers": 3}
+    assert "LLM: num_layers 3" in (tmp_path / "diagnose.md").read_text()
+
+
 def test_cli_sets_the_1i_learner_by_dotted_keys() -> None:
     """`token_binding_llm.num_layers=4` is the diagnose command's own argument, not a config override."""
     from cheers_pl.cli import parse_args
