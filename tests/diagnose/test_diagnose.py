@@ -280,7 +280,7 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
 
 
 def test_1i_learner_trains_at_the_fit_stage_lr_unless_told(
-    tokenizer_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tokenizer_ckpt: Path, shard_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`diagnose parts=[tokens]` hands the learner the LR of the stage the LLM is fitted in (the align stage's here),
     or `token_binding_lr` where given, and passes the learner's LLM fields through."""
@@ -299,7 +299,8 @@ def test_1i_learner_trains_at_the_fit_stage_lr_unless_told(
     align_lr = compose("tiny_align").stage.optim.lr
     for extra, lr in (({}, align_lr), ({"token_binding_lr": 5e-4}, 5e-4)):
         args = DiagnoseArgs(ckpt=str(tokenizer_ckpt), out_dir=str(tmp_path), parts=["tokens"],
-                            token_binding_llm={"num_layers": 3}, **extra)  # fmt: skip
+                            token_binding_llm={"num_layers": 3}, overrides=[f"data.shard_dir={shard_dir}"],
+                            **extra)  # fmt: skip
         diagnose_run.run(args)
         assert seen[-1]["lr"] == lr and seen[-1]["llm_overrides"] == {"num_layers": 3}
     assert "LLM: num_layers 3" in (tmp_path / "diagnose.md").read_text()
