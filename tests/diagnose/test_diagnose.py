@@ -257,7 +257,8 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
         pixels = summary["probes"]["pixels"][target]["linear"]
         assert pixels["accuracy"] <= pixels["chance"]
     cfg = compose("tiny_align", [f"data.shard_dir={shard_dir}", f"stage.init_from={tokenizer_ckpt}"])
-    tokens = run_token_binding(build_stage(cfg), world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1)
+    fit = build_stage(cfg)
+    tokens = run_token_binding(fit, world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1)
     for source in ("oracle", "oracle+summary", "semantic"):
         assert set(tokens[source]["final"]) <= {"color", "shape", "texture", "count"} and tokens[source]["curve"]
     report = {"protocol": {}, "summary": summary, "tokens": tokens}
@@ -266,7 +267,6 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
     assert headline(report)["summary/semantic/color"] == summary["probes"]["semantic"]["color"]["linear"]["accuracy"]
 
     # another learner over the same tokens: its LLM fields and compression apply to it alone, and the report says so
-    fit = build_stage(cfg)
     other = run_token_binding(fit, world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1,
                               sources=("oracle",), llm_overrides={"num_layers": 1}, compression=1)  # fmt: skip
     assert set(other) == {"oracle", "protocol"} and other["protocol"]["llm"]["num_layers"] == 1
