@@ -5,8 +5,9 @@
 - binding (1b): can the LLM path bind image tokens to answers (`cheers_pl.diagnose.overfit.run_binding`);
 - flow (1c): can the flow head + sampler reproduce a few fitted scenes (`run_flow_overfit`);
 - profile (1d): where the time of a training step goes, per stage (`cheers_pl.diagnose.profile`);
-- conditioning (1e): does the prompt reach the flow head, and how the HFI sum is balanced
-  (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as skipped);
+- conditioning (1e): does the prompt reach the flow head, how the HFI sum is balanced, and does the prompt lower the
+  error of the data estimate (`cheers_pl.diagnose.conditioning`; a checkpoint without a text pipeline reports it as
+  skipped);
 - steering (1f): can the prompt steer colour and shape of a fixed layout (`run_prompt_steering`);
 - counterfactual (1g): does an answer about a named object come from that object, or from any object of the scene
   (`cheers_pl.diagnose.counterfactual`; the checkpoint's own LLM, so a tokenizer checkpoint reports it as skipped).
@@ -27,7 +28,7 @@ import torch
 from cheers_pl.checkpoint import read_checkpoint
 from cheers_pl.config import compose, config_of_checkpoint
 from cheers_pl.data.datamodule import CheersDataModule
-from cheers_pl.diagnose.conditioning import recovery_by_noise_level, run_conditioning
+from cheers_pl.diagnose.conditioning import prompt_gain, recovery_by_noise_level, run_conditioning
 from cheers_pl.diagnose.counterfactual import run_counterfactual
 from cheers_pl.diagnose.locality import (
     BINDING_CATEGORIES,
@@ -62,6 +63,7 @@ class DiagnoseArgs:
     profile_steps: int = 6
     conditioning_scenes: int = 16
     recovery_scenes: int = 32
+    gain_scenes: int = 64  # 1e: scenes whose x̂1 error is measured with their own and another caption
     counterfactual_questions: int = 128  # per attribute (colour, shape, texture)
     token_binding_steps: int = 1000  # 1i: steps of each fresh LLM (three token sources; ~90 s per 1000 on 2 cores)
     token_binding_sources: list[str] = field(default_factory=lambda: list(TOKEN_SOURCES))
@@ -147,6 +149,7 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
         else:
             report["conditioning"] = run_conditioning(pipeline, world, args.conditioning_scenes)
             report["conditioning"]["recovery"] = recovery_by_noise_level(pipeline, world, args.recovery_scenes)
+            report["conditioning"]["prompt_gain"] = prompt_gain(pipeline, world, args.gain_scenes)
     if "counterfactual" in args.parts:
         if not hasattr(stage, "answer"):
             report["counterfactual"] = {"skipped": f"stage {cfg.stage.name!r} has no LLM to ask"}
@@ -195,6 +198,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
     for t0, entry in report.get("conditioning", {}).get("recovery", {}).items():
         out[f"recovery/{t0}/all"] = entry["all"]
+    for t, entry in report.get("conditioning", {}).get("prompt_gain", {}).items():
+        out[f"conditioning/{t}/prompt_gain"] = entry["gain"]
     return out
 
 
@@ -316,6 +321,15 @@ def markdown(report: dict[str, Any]) -> str:
             for t0, e in c["recovery"].items():
                 lines.append(f"| {t0[3:]} | {e['shape']:.2f} | {e['color']:.2f} | {e['count']:.2f} | {e['all']:.2f} |")
             lines.append("")
+            if "prompt_gain" in c:  # reports written before it was measured have no table
+                lines += ["Does the prompt make the prediction better: error of x̂1 = z_t + (1 − t)·v̂ with the scene's "
+                          "own caption and with another scene's (guidance off), and the gain 1 − own / other "
+                          "(0: the head ignores what the prompt says):", "",
+                          "| t | own | other | gain | Var(x1) |", "|---|---|---|---|---|"]  # fmt: skip
+                for t, e in c["prompt_gain"].items():
+                    lines.append(f"| {t[2:]} | {e['x1_error_own']:.3f} | {e['x1_error_other']:.3f} | "
+                                 f"{e['gain']:.3f} | {e['x1_var']:.3f} |")  # fmt: skip
+                lines.append("")
     if "steering" in report:
         st = report["steering"]
         lines += [

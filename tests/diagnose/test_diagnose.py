@@ -138,6 +138,43 @@ def test_recovery_by_noise_level_scores_what_the_sampler_lands_on(tokenizer_ckpt
     assert wrong["t0=0.0"]["all"] < 0.5, wrong
 
 
+def test_prompt_gain_is_one_for_a_field_that_draws_its_prompt_and_zero_for_a_blind_one(tokenizer_ckpt: Path) -> None:
+    """1e's gain: a field that flies to the latent its caption describes has no error with its own caption (gain 1);
+    a field that ignores the prompt has the same error with any caption (gain exactly 0)."""
+    from types import SimpleNamespace
+
+    from cheers_pl.diagnose.conditioning import _captioned_scenes, prompt_gain
+    from cheers_pl.restore import load_stage
+
+    vision = load_stage(str(tokenizer_ckpt)).model.vision
+    world = SyntheticConfig()
+    images, _, prompts = _captioned_scenes(world, 6, 0)
+    with torch.no_grad():
+        x1 = vision.encode(images)
+    by_prompt = dict(zip(prompts, x1, strict=True))
+
+    def pipeline(draws_prompt: bool) -> SimpleNamespace:
+        def velocity_fn(batch_prompts: list[str], scale: float):
+            target = torch.stack([by_prompt[p] for p in batch_prompts]) if draws_prompt else x1.mean(0, keepdim=True)
+
+            def field(z: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+                return (target - z) / (1 - t_B).reshape(-1, 1, 1, 1)
+
+            return field
+
+        return SimpleNamespace(model=SimpleNamespace(vision=vision, parameters=vision.parameters),
+                               velocity_fn=velocity_fn)  # fmt: skip
+
+    drawn = prompt_gain(pipeline(True), world, num_scenes=6, ts=(0.0, 0.5))
+    blind = prompt_gain(pipeline(False), world, num_scenes=6, ts=(0.0, 0.5))
+    for t in ("t=0.0", "t=0.5"):
+        assert drawn[t]["x1_error_own"] < 1e-8 and drawn[t]["x1_error_other"] > 0.1, drawn[t]
+        assert drawn[t]["gain"] == pytest.approx(1.0)
+        assert blind[t]["gain"] == 0.0 and blind[t]["x1_error_own"] == blind[t]["x1_error_other"], blind[t]
+    with pytest.raises(ValueError, match="num_scenes"):
+        prompt_gain(pipeline(True), world, num_scenes=1)
+
+
 def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokenizer_ckpt: Path, shard_dir: Path) -> None:
     """1f's targets are what its score reads (the parser recovers each rendered object's shape and colour), and the
     part reports the one-object, shape and colour shares per evaluation, at guidance 1 and for the one-step estimate."""
