@@ -173,6 +173,14 @@ def test_prompt_gain_is_one_for_a_field_that_draws_its_prompt_and_zero_for_a_bli
         assert blind[t]["gain"] == 0.0 and blind[t]["x1_error_own"] == blind[t]["x1_error_other"], blind[t]
     with pytest.raises(ValueError, match="num_scenes"):
         prompt_gain(pipeline(True), world, num_scenes=1)
+    # the report: a table and headline numbers; a report written before the gain was measured still renders
+    from cheers_pl.diagnose.run import headline, markdown
+
+    conditioning = {"num_scenes": 6, "per_t": {}, "recovery": {}, "prompt_gain": drawn}
+    report = {"protocol": {"checkpoint": "x"}, "conditioning": conditioning}
+    assert "| 0.5 | 0.000 |" in markdown(report) and headline(report)["conditioning/t=0.0/prompt_gain"] == 1.0
+    del conditioning["prompt_gain"]
+    assert "gain" not in markdown(report) and not any("prompt_gain" in k for k in headline(report))
 
 
 def test_steering_targets_parse_back_and_the_part_reports_each_attribute(tokenizer_ckpt: Path, shard_dir: Path) -> None:
