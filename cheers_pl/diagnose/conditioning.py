@@ -46,6 +46,19 @@ def _captioned_scenes(world: SyntheticConfig, num: int, seed: int) -> tuple[torc
     return images, scene_list, [captions(s, rng, world)[0] for s in scene_list]
 
 
+def _own_and_other_caption(
+    pipeline: Any, world: SyntheticConfig, num_scenes: int, seed: int
+) -> tuple[list[str], torch.Tensor, list[Any]]:
+    """Canonical captions of `num_scenes` test scenes, their latents x1, and the unguided fields of the image block
+    after each scene's own caption and after the next scene's (the prompts rotated by one)."""
+    if num_scenes < 2:
+        raise ValueError(f"num_scenes must be at least 2 (prompts are rotated among scenes), got {num_scenes}")
+    model = pipeline.model
+    images, _, prompts = _captioned_scenes(world, num_scenes, seed)
+    x1 = model.vision.encode(images.to(next(model.parameters()).device))
+    return prompts, x1, [pipeline.velocity_fn(p, 1.0) for p in (prompts, prompts[1:] + prompts[:1])]
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float((a - b).norm() / a.norm().clamp_min(1e-12)), 4)
 
@@ -59,12 +72,8 @@ def run_conditioning(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Prompt sensitivity and HFI balance per t (module doc) of `pipeline`'s model on `num_scenes` test scenes."""
-    if num_scenes < 2:
-        raise ValueError(f"num_scenes must be at least 2 (prompts are rotated among scenes), got {num_scenes}")
-    model = pipeline.model
-    head = model.flow_head
-    images, _, prompts = _captioned_scenes(world, num_scenes, seed)
-    rotated = prompts[1:] + prompts[:1]
+    head = pipeline.model.flow_head
+    prompts, x1, fields = _own_and_other_caption(pipeline, world, num_scenes, seed)
     seen: dict[str, torch.Tensor] = {}
 
     def keep_stage1(_m: Any, _i: Any, out: torch.Tensor) -> None:
@@ -77,8 +86,6 @@ def run_conditioning(
     generator = torch.Generator().manual_seed(seed)
     with hfi_balance(head) as balance:
         try:
-            x1 = model.vision.encode(images.to(next(model.parameters()).device))
-            fields = [pipeline.velocity_fn(p, 1.0) for p in (prompts, rotated)]
             out: dict[str, Any] = {"num_scenes": num_scenes, "prompts": prompts[:4], "per_t": {}}
             for t in ts:
                 x0 = torch.randn(x1.shape, generator=generator).to(x1)
@@ -139,12 +146,8 @@ def prompt_gain(
     Guidance is off; the noise of each t is drawn once and shared by both prompts. Errors are per latent element,
     `x1_var` (the per-element variance of the scenes' latents) is the error of a constant guess at their mean.
     """
-    if num_scenes < 2:
-        raise ValueError(f"num_scenes must be at least 2 (prompts are rotated among scenes), got {num_scenes}")
-    model = pipeline.model
-    images, _, prompts = _captioned_scenes(world, num_scenes, seed)
-    x1 = model.vision.encode(images.to(next(model.parameters()).device))
-    fields = [pipeline.velocity_fn(p, 1.0) for p in (prompts, prompts[1:] + prompts[:1])]
+    _, x1, fields = _own_and_other_caption(pipeline, world, num_scenes, seed)
+    x1_var = round(float(x1.var()), 4)
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for t in ts:
@@ -156,6 +159,6 @@ def prompt_gain(
             "x1_error_own": round(own, 4),
             "x1_error_other": round(other, 4),
             "gain": round(1.0 - own / other, 4) if other > 0 else 0.0,
-            "x1_var": round(float(x1.var()), 4),
+            "x1_var": x1_var,
         }
     return out
