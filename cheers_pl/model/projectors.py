@@ -1,5 +1,11 @@
 """Token compression: LayerNorm → pixel-unshuffle of the token grid → MLP to the LLM width (Cheers §1.1 step 5).
 
+Optionally (`position_embedding="sincos2d"`) a fixed 2-D sine-cosine table of the compressed grid is added to the
+output, so every LLM image token states its row and column. The paper's pretrained SigLIP2 tokens carry their position;
+a small encoder trained only contrastively may not (the tiny preset's: a probe reads an object's region from its
+semantic tokens with 0.40, chance 0.17), and the LLM's 1-D RoPE orders the image tokens but does not tell a token
+its own row or column. The table has no parameters, so checkpoints are the same with it on or off.
+
 `unshuffle_tokens` / `shuffle_tokens` are the token-sequence forms of `F.pixel_unshuffle` / `F.pixel_shuffle`
 (same channel order: channel c·f² + i·f + j of low-res token (y, x) is channel c of high-res token
 (y·f + i, x·f + j)); they are exact inverses and are shared with the flow head's pixel-shuffle.
@@ -64,6 +70,27 @@ def shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -
     return x_BCHW.flatten(2).transpose(1, 2)
 
 
+POSITION_EMBEDDINGS = ("none", "sincos2d")
+
+
+def sincos_2d(grid_hw: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position table, (h·w)×dim in raster order (Vaswani et al. per axis, as in MAE / ViT):
+    the first half of the channels encode the row, the second half the column, each as dim/4 sines then dim/4 cosines
+    at geometric frequencies. `dim` must be divisible by 4."""
+    if dim % 4:
+        raise ValueError(f"sincos_2d: dim={dim} must be divisible by 4")
+    h, w = grid_hw
+    freq = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        angle = coord[:, None] * freq[None, :]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1)
+
+
 @dataclass
 class TokenCompressorConfig:
     """Configuration of `TokenCompressor`. Defaults are the tiny preset; full values in the comments."""
@@ -72,15 +99,22 @@ class TokenCompressorConfig:
     out_dim: int = 128  # LLM width (full: 1536)
     factor: int = 2  # 1 = no compression, 2 = the paper's 4× fewer tokens, 4 = 16×
     layer_norm_eps: float = 1e-6
+    position_embedding: str = "none"  # a POSITION_EMBEDDINGS value added to the output (full: "none", as the paper)
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "out_dim", "factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}"
+            )
+        if self.position_embedding == "sincos2d" and self.out_dim % 4:
+            raise ValueError(f"position_embedding='sincos2d' needs out_dim divisible by 4, got {self.out_dim}")
 
 
 class TokenCompressor(nn.Module):
-    """LayerNorm → f×f token unshuffle → MLP (C·f² → C·f² → GELU → D)."""
+    """LayerNorm → f×f token unshuffle → MLP (C·f² → C·f² → GELU → D) [+ fixed 2-D position table]."""
 
     def __init__(self, cfg: TokenCompressorConfig) -> None:
         super().__init__()
@@ -101,4 +135,8 @@ class TokenCompressor(nn.Module):
         """Compress encoder tokens on the (h, w) grid. Returns B,(h/f)·(w/f),D."""
         if x_BMC.shape[-1] != self.cfg.in_dim:
             raise ValueError(f"TokenCompressor expects in_dim={self.cfg.in_dim} channels, got {x_BMC.shape[-1]}")
-        return self.mlp(unshuffle_tokens(self.norm(x_BMC), grid_hw, self.cfg.factor))
+        out_BND = self.mlp(unshuffle_tokens(self.norm(x_BMC), grid_hw, self.cfg.factor))
+        if self.cfg.position_embedding == "sincos2d":
+            table_ND = sincos_2d(self.output_grid(grid_hw), self.cfg.out_dim)
+            out_BND = out_BND + table_ND.to(device=out_BND.device, dtype=out_BND.dtype)
+        return out_BND

@@ -37,6 +37,8 @@ class VisionTokenizerConfig:
     encoder_input: str = "pixels"  # "pixels" (D(z_t) → encoder, the paper) | "latents" (ablation)
     llm_dim: int = 128  # full: 1536
     compressor_norm_eps: float = 1e-6  # the compressor's LayerNorm (released checkpoint: 1e-5, PyTorch's default)
+    # a fixed 2-D position table added to the LLM image tokens ("none" | "sincos2d"; `projectors.TokenCompressor`)
+    token_positions: str = "none"
     # D denormalises z_t with the VAE's latent statistics ("shared") or with its own copy ("own", as the released
     # checkpoint, which stores a second BatchNorm for the decoder copy)
     decoder_statistics: str = "shared"
@@ -126,6 +128,7 @@ class VisionTokenizer(nn.Module):
                 out_dim=cfg.llm_dim,
                 factor=cfg.compression,
                 layer_norm_eps=cfg.compressor_norm_eps,
+                position_embedding=cfg.token_positions,
             )
         )
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from cheers_pl.model.projectors import TokenCompressor, TokenCompressorConfig, shuffle_tokens, unshuffle_tokens
+from cheers_pl.model.projectors import (
+    TokenCompressor,
+    TokenCompressorConfig,
+    shuffle_tokens,
+    sincos_2d,
+    unshuffle_tokens,
+)
 
 
 @pytest.mark.parametrize("factor", [1, 2, 4])
@@ -73,3 +79,30 @@ def test_compressor_errors() -> None:
         compressor.output_grid((5, 5))
     with pytest.raises(ValueError, match="factor must be >= 1, got 0"):
         TokenCompressorConfig(factor=0)
+
+
+def test_sincos_2d_encodes_row_in_first_half_and_column_in_second() -> None:
+    table = sincos_2d((3, 5), 16)
+    assert table.shape == (15, 16)
+    grid = table.view(3, 5, 16)
+    # the row half is the same along a row, the column half the same down a column
+    assert torch.equal(grid[:, :1, :8].expand(3, 5, 8), grid[..., :8])
+    assert torch.equal(grid[:1, :, 8:].expand(3, 5, 8), grid[..., 8:])
+    # every cell is distinct, and cell (0, 0) is sin 0 = 0, cos 0 = 1 on both axes
+    assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1
+    assert table[0].tolist() == [0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d((2, 2), 6)
+
+
+def test_compressor_position_table_is_added_to_the_output_only() -> None:
+    torch.manual_seed(0)
+    plain = TokenCompressor(TokenCompressorConfig(in_dim=8, out_dim=16, factor=2))
+    placed = TokenCompressor(TokenCompressorConfig(in_dim=8, out_dim=16, factor=2, position_embedding="sincos2d"))
+    placed.load_state_dict(plain.state_dict())  # no parameters of its own: the same state dict loads strictly
+    x = torch.randn(2, 4 * 6, 8)
+    assert torch.allclose(placed(x, (4, 6)) - plain(x, (4, 6)), sincos_2d((2, 3), 16).expand(2, 6, 16), atol=1e-6)
+    with pytest.raises(ValueError, match="position_embedding must be one of"):
+        TokenCompressorConfig(position_embedding="learned")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        TokenCompressorConfig(out_dim=6, position_embedding="sincos2d")
