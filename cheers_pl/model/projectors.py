@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cheers_pl.model.layers.timestep import sinusoidal_embedding
+
 
 def _check_grid(tokens: torch.Tensor, grid_hw: tuple[int, int], name: str) -> tuple[int, int]:
     if tokens.ndim != 3:
@@ -73,22 +75,15 @@ def shuffle_tokens(x_BNC: torch.Tensor, grid_hw: tuple[int, int], factor: int) -
 POSITION_EMBEDDINGS = ("none", "sincos2d")
 
 
-def sincos_2d(grid_hw: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position table, (h·w)×dim in raster order (Vaswani et al. per axis, as in MAE / ViT):
-    the first half of the channels encode the row, the second half the column, each as dim/4 sines then dim/4 cosines
-    at geometric frequencies. `dim` must be divisible by 4."""
+def sincos_2d(grid_hw: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position table, (h·w)×dim in raster order (as in MAE / ViT): the first half of the
+    channels is the row's, the second half the column's 1-D sinusoid (`layers.timestep.sinusoidal_embedding` of the
+    integer index, `[cos, sin]` at geometric frequencies). `dim` must be divisible by 4."""
     if dim % 4:
         raise ValueError(f"sincos_2d: dim={dim} must be divisible by 4")
     h, w = grid_hw
-    freq = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-    rows, cols = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-    )
-    parts = []
-    for coord in (rows.flatten(), cols.flatten()):
-        angle = coord[:, None] * freq[None, :]
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat(parts, dim=1)
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)  # raster order
+    return torch.cat([sinusoidal_embedding(index, dim // 2, time_scale=1.0) for index in (rows, cols)], dim=1)
 
 
 @dataclass

@@ -83,14 +83,17 @@ def test_compressor_errors() -> None:
 
 def test_sincos_2d_encodes_row_in_first_half_and_column_in_second() -> None:
     table = sincos_2d((3, 5), 16)
+    freq = 10000.0 ** -(torch.arange(4) / 4)
     assert table.shape == (15, 16)
     grid = table.view(3, 5, 16)
     # the row half is the same along a row, the column half the same down a column
     assert torch.equal(grid[:, :1, :8].expand(3, 5, 8), grid[..., :8])
     assert torch.equal(grid[:1, :, 8:].expand(3, 5, 8), grid[..., 8:])
-    # every cell is distinct, and cell (0, 0) is sin 0 = 0, cos 0 = 1 on both axes
+    # every cell is distinct, and cell (0, 0) is cos 0 = 1, sin 0 = 0 on both axes
     assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1
-    assert table[0].tolist() == [0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4
+    assert table[0].tolist() == [1.0] * 4 + [0.0] * 4 + [1.0] * 4 + [0.0] * 4
+    # cell (2, 3): the row half is the 1-D sinusoid of 2, the column half that of 3
+    assert torch.allclose(table[2 * 5 + 3, 8:], torch.cat([torch.cos(3 * freq), torch.sin(3 * freq)]))
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d((2, 2), 6)
 
