@@ -7,13 +7,18 @@ stays at chance; an encoder whose tokens describe what lies under them does too.
 that every token carries a summary of the scene: an LLM can then answer "what colour is the square?" from any token
 with a colour of the scene, without finding the square.
 1i, binding from controlled tokens: a fresh LLM of the stage's config and a fresh token compressor learn the same
-single-question rows (colour, shape, texture and count questions of train scenes) over three token sources:
+single-question rows (colour, shape, texture and count questions of train scenes; relation on request) over token
+sources:
 - oracle: per semantic-grid cell, the one-hot attributes of the object under it (`synthetic_labels`), nothing else;
 - oracle+summary: the same, plus the scene's sets of colours, shapes and textures in every token;
+- oracle+position: oracle, plus the cell's row and column (one-hot) in its token;
 - semantic: the tokenizer's own semantic tokens of D(x1).
 Scored by teacher-forced exact match of the answer on test questions about scenes of two or more objects (counts on
 all scenes). If oracle binds and oracle+summary does not, a summary in every token is enough to stop the LLM; where
-"semantic" lands says which of the two the tokenizer's tokens behave like.
+"semantic" lands says which of the two the tokenizer's tokens behave like. Relation questions ("is the red circle
+to the left of the blue square?", yes / no) ask whether the LLM can compare two named objects' places: over oracle
+tokens it sees where each object is only through the token's place in the sequence, over oracle+position also in
+the token itself.
 
 Shape legend: B scenes, M semantic tokens, C channels, g grid side.
 """
@@ -40,8 +45,10 @@ from cheers_pl.optim import OptimConfig, build_optimizer
 
 SUMMARY_TARGETS = ("color", "shape", "texture")
 SUMMARY_FEATURES = ("pixels", "semantic", "llm")
-TOKEN_SOURCES = ("oracle", "oracle+summary", "semantic")
-BINDING_CATEGORIES = ("color", "shape", "texture", "count")
+TOKEN_SOURCES = ("oracle", "oracle+summary", "oracle+position", "semantic")
+DEFAULT_TOKEN_SOURCES = ("oracle", "oracle+summary", "semantic")
+BINDING_CATEGORIES = ("color", "shape", "texture", "count", "relation")
+DEFAULT_BINDING_CATEGORIES = ("color", "shape", "texture", "count")
 
 
 def empty_cells(scene: Scene, cfg: SyntheticConfig, grid: int) -> np.ndarray:
@@ -95,10 +102,15 @@ def run_scene_summary(
     return {"probes": out, "protocol": protocol}
 
 
-def oracle_tokens(scene_list: list[Scene], cfg: SyntheticConfig, grid: int, summary: bool) -> torch.Tensor:
+def oracle_tokens(
+    scene_list: list[Scene], cfg: SyntheticConfig, grid: int, summary: bool, position: bool = False
+) -> torch.Tensor:
     """B×M×C one-hot attributes of the object under each cell (class 0 = none), optionally followed in every token by
-    the scene's colour, shape and texture sets (multi-hot)."""
+    the scene's colour, shape and texture sets (multi-hot, `summary`) or by the cell's row and column (two one-hots
+    of `grid`, `position`)."""
     classes = attribute_classes(cfg)
+    cells = np.arange(grid * grid)
+    place = np.concatenate([np.eye(grid)[cells // grid], np.eye(grid)[cells % grid]], axis=1)
     rows = []
     for scene in scene_list:
         labels_AM = token_attribute_labels(scene, cfg, grid).reshape(len(ATTRIBUTES), -1)
@@ -107,15 +119,19 @@ def oracle_tokens(scene_list: list[Scene], cfg: SyntheticConfig, grid: int, summ
             present = [[float(any(getattr(o, a) == v for o in scene.objects)) for v in classes[a][1:]]
                        for a in SUMMARY_TARGETS]  # fmt: skip
             parts.append(np.tile(np.concatenate(present), (labels_AM.shape[1], 1)))
+        if position:
+            parts.append(place)
         rows.append(torch.tensor(np.concatenate(parts, axis=1), dtype=torch.float32))
     return torch.stack(rows)
 
 
-def _questions(cfg: SyntheticConfig, split: str, num: int) -> tuple[torch.Tensor, list[Scene], list[list[dict]]]:
-    """Images, scenes and per scene its binding questions (attribute questions only of scenes of two or more objects
-    outside the train split; held-out compositions included)."""
+def _questions(
+    cfg: SyntheticConfig, split: str, num: int, categories: tuple[str, ...] = DEFAULT_BINDING_CATEGORIES
+) -> tuple[torch.Tensor, list[Scene], list[list[dict]]]:
+    """Images, scenes and per scene its questions of `categories` (attribute questions only of scenes of two or more
+    objects outside the train split; held-out compositions included)."""
     images, scene_list, records = scene_samples(cfg, split, num, in_distribution=False)
-    qa = [[q for q in record["qa"] if q["category"] in BINDING_CATEGORIES
+    qa = [[q for q in record["qa"] if q["category"] in categories
            and (q["category"] == "count" or len(scene.objects) >= 2 or split == "train")]
           for scene, record in zip(scene_list, records, strict=True)]  # fmt: skip
     return images, scene_list, qa
@@ -180,8 +196,9 @@ def _score(learner: _Learner, feats_BMC: torch.Tensor, qa: list[list[dict]], bat
 
 def run_token_binding(
     stage: Any, cfg: SyntheticConfig, steps: int = 1000, batch_size: int = 64, num_train: int = 4000,
-    num_test: int = 400, lr: float = 3e-3, evals: int = 4, seed: int = 0, sources: tuple[str, ...] = TOKEN_SOURCES,
-    llm_overrides: dict[str, Any] | None = None, compression: int | None = None,
+    num_test: int = 400, lr: float = 3e-3, evals: int = 4, seed: int = 0,
+    sources: tuple[str, ...] = DEFAULT_TOKEN_SOURCES, llm_overrides: dict[str, Any] | None = None,
+    compression: int | None = None, categories: tuple[str, ...] = DEFAULT_BINDING_CATEGORIES,
 ) -> dict[str, Any]:  # fmt: skip
     """1i: per token source, the exact-match curve of a fresh LLM + compressor (see the module docstring).
 
@@ -194,9 +211,11 @@ def run_token_binding(
     unknown = set(sources) - set(TOKEN_SOURCES)
     if unknown or not sources:
         raise ValueError(f"1i token sources: unknown {sorted(unknown)}; known: {list(TOKEN_SOURCES)}")
+    if set(categories) - set(BINDING_CATEGORIES) or not categories:
+        raise ValueError(f"1i categories: got {list(categories)}; known: {list(BINDING_CATEGORIES)}")
     vision = stage.model.vision
-    train_images, train_scenes, train_qa = _questions(cfg, "train", num_train)
-    test_images, test_scenes, test_qa = _questions(cfg, "test", num_test)
+    train_images, train_scenes, train_qa = _questions(cfg, "train", num_train, tuple(categories))
+    test_images, test_scenes, test_qa = _questions(cfg, "test", num_test, tuple(categories))
     grid = vision.semantic_grid_hw[0]
 
     def semantic(images: torch.Tensor) -> torch.Tensor:
@@ -208,6 +227,7 @@ def run_token_binding(
     build = {
         "oracle": lambda s, _: oracle_tokens(s, cfg, grid, summary=False),
         "oracle+summary": lambda s, _: oracle_tokens(s, cfg, grid, summary=True),
+        "oracle+position": lambda s, _: oracle_tokens(s, cfg, grid, summary=False, position=True),
         "semantic": lambda _, images: semantic(images),
     }
     out: dict[str, Any] = {}
@@ -240,5 +260,6 @@ def run_token_binding(
     out["protocol"] = {"steps": steps, "batch_size": batch_size, "lr": lr, "num_train_scenes": num_train,
                        "num_test_scenes": num_test, "seed": seed, "sources": list(sources), "llm": llm_cfg,
                        "llm_overrides": dict(llm_overrides or {}),
-                       "compression": learner.compressor.cfg.factor}  # fmt: skip
+                       "compression": learner.compressor.cfg.factor,
+                       "categories": list(categories)}  # fmt: skip
     return out

@@ -31,7 +31,8 @@ from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.diagnose.conditioning import prompt_gain, recovery_by_noise_level, run_conditioning
 from cheers_pl.diagnose.counterfactual import run_counterfactual
 from cheers_pl.diagnose.locality import (
-    BINDING_CATEGORIES,
+    DEFAULT_BINDING_CATEGORIES,
+    DEFAULT_TOKEN_SOURCES,
     SUMMARY_TARGETS,
     TOKEN_SOURCES,
     run_scene_summary,
@@ -66,7 +67,9 @@ class DiagnoseArgs:
     gain_scenes: int = 64  # 1e: scenes whose x̂1 error is measured with their own and another caption
     counterfactual_questions: int = 128  # per attribute (colour, shape, texture)
     token_binding_steps: int = 1000  # 1i: steps of each fresh LLM (three token sources; ~90 s per 1000 on 2 cores)
-    token_binding_sources: list[str] = field(default_factory=lambda: list(TOKEN_SOURCES))
+    token_binding_sources: list[str] = field(default_factory=lambda: list(DEFAULT_TOKEN_SOURCES))
+    # question categories the fresh LLM learns and is scored on (also "relation")
+    token_binding_categories: list[str] = field(default_factory=lambda: list(DEFAULT_BINDING_CATEGORIES))
     token_binding_train_scenes: int = 4000
     token_binding_lr: float | None = None  # default: the LR of the stage the LLM is fitted in (align: 1e-3)
     # the fresh learner only: LLMConfig fields (token_binding_llm.num_layers=4) and compression factor (1 = none)
@@ -141,6 +144,7 @@ def run(args: DiagnoseArgs) -> dict[str, Any]:
                 lr=fit.stage_cfg.optim.lr if args.token_binding_lr is None else args.token_binding_lr,
                 sources=tuple(args.token_binding_sources),
                 llm_overrides=args.token_binding_llm, compression=args.token_binding_compression,
+                categories=tuple(args.token_binding_categories),
             )  # fmt: skip
     if "conditioning" in args.parts:
         pipeline = getattr(stage, "pipeline", None)
@@ -191,8 +195,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     for feature, entry in report.get("summary", {}).get("probes", {}).items():
         out[f"summary/{feature}/color"] = entry["color"]["linear"]["accuracy"]
     for source in TOKEN_SOURCES:
-        if source in report.get("tokens", {}):
-            out[f"tokens/{source}/color"] = report["tokens"][source]["final"]["color"]
+        for category, value in report.get("tokens", {}).get(source, {}).get("final", {}).items():
+            out[f"tokens/{source}/{category}"] = value
     for t, entry in report.get("conditioning", {}).get("per_t", {}).items():
         out[f"conditioning/{t}/head_change"] = entry["head_change"]
         out[f"conditioning/{t}/hfi_ratio"] = round(entry["gs_norm"] / max(entry["z_norm"], 1e-12), 3)
@@ -247,16 +251,17 @@ def _locality_md(report: dict[str, Any]) -> list[str]:
         lines += ["| chance (majority) | | " + " | ".join(chance) + " |", ""]
     if "tokens" in report:
         tokens, p = report["tokens"], report["tokens"]["protocol"]
+        categories = p.get("categories", DEFAULT_BINDING_CATEGORIES)
         learner = ", ".join(f"{k} {v}" for k, v in p.get("llm_overrides", {}).items()) or "the stage's config"
         lines += ["## 1i Does a fresh LLM bind over local tokens, and does a scene summary in every token stop it", "",
                   f"Teacher-forced exact match on test questions after {p['steps']} steps (batch {p['batch_size']}, "
                   f"LR {p['lr']}, {p['num_train_scenes']} train scenes; LLM: {learner}; compression "
                   f"{p.get('compression', '')}; attribute questions of scenes with two or more objects):", "",
-                  "| tokens | " + " | ".join(BINDING_CATEGORIES) + " | seconds |",
-                  "|---|" + "---|" * (len(BINDING_CATEGORIES) + 1)]  # fmt: skip
+                  "| tokens | " + " | ".join(categories) + " | seconds |",
+                  "|---|" + "---|" * (len(categories) + 1)]  # fmt: skip
         for source in (s for s in TOKEN_SOURCES if s in tokens):
             e = tokens[source]
-            cells = [f"{e['final'].get(c, float('nan')):.2f}" for c in BINDING_CATEGORIES]
+            cells = [f"{e['final'].get(c, float('nan')):.2f}" for c in categories]
             lines.append(f"| {source} | " + " | ".join(cells) + f" | {e['seconds']} |")
         lines.append("")
     return lines

@@ -294,6 +294,12 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
     assert (extra == extra[0]).all() and extra[0].sum() == sum(len({getattr(o, a) for o in scene.objects})
                                                               for a in ("color", "shape", "texture"))  # fmt: skip
     assert local[0, empty_cells(scene, world, 8)][:, np.cumsum([0, *widths[:-1]])].all()  # class "none" everywhere
+    placed = oracle_tokens([scene], world, 4, summary=False, position=True)[0]
+    assert torch.equal(placed[:, : sum(widths)], oracle_tokens([scene], world, 4, summary=False)[0])
+    row, col = placed[:, sum(widths) : sum(widths) + 4], placed[:, sum(widths) + 4 :]
+    assert row.argmax(1).tolist() == [k // 4 for k in range(16)]
+    assert col.argmax(1).tolist() == [k % 4 for k in range(16)]
+    assert (row.sum(1) == 1).all() and (col.sum(1) == 1).all()
     assert len(ATTRIBUTES) == len(widths)
 
     stage = load_stage(str(tokenizer_ckpt), [])
@@ -322,6 +328,15 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
                           llm_overrides={"layers": 4})  # fmt: skip
     with pytest.raises(ValueError, match="token sources"):
         run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("pixels",))
+
+    # relation questions on request: the learner is trained and scored on them alone, and the table has their column
+    rel = run_token_binding(fit, world, steps=2, batch_size=8, num_train=40, num_test=12, evals=1,
+                            sources=("oracle+position",), categories=("relation",))  # fmt: skip
+    assert set(rel["oracle+position"]["final"]) == {"relation"} and rel["protocol"]["categories"] == ["relation"]
+    assert "| tokens | relation | seconds |" in markdown({"protocol": {}, "tokens": rel})
+    assert set(headline({"tokens": rel})) == {"tokens/oracle+position/relation"}
+    with pytest.raises(ValueError, match="1i categories"):
+        run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("oracle",), categories=("size",))
 
 
 def test_1i_learner_trains_at_the_fit_stage_lr_unless_told(
