@@ -31,6 +31,7 @@ from cheers_pl.data.datamodule import CheersDataModule
 from cheers_pl.diagnose.conditioning import prompt_gain, recovery_by_noise_level, run_conditioning
 from cheers_pl.diagnose.counterfactual import run_counterfactual
 from cheers_pl.diagnose.locality import (
+    BINDING_CATEGORIES,
     DEFAULT_BINDING_CATEGORIES,
     DEFAULT_TOKEN_SOURCES,
     SUMMARY_TARGETS,
@@ -81,6 +82,11 @@ class DiagnoseArgs:
         unknown = set(self.parts) - set(PARTS)
         if unknown:
             raise ValueError(f"parts: unknown {sorted(unknown)}; parts: {list(PARTS)}")
+        # checked here too, so that a misspelt 1i key fails before the checkpoint is loaded
+        for key, known in (("token_binding_sources", TOKEN_SOURCES), ("token_binding_categories", BINDING_CATEGORIES)):
+            values = getattr(self, key)
+            if set(values) - set(known) or not values:
+                raise ValueError(f"{key}: got {list(values)}; known: {list(known)}")
 
 
 def _out_dir(args: DiagnoseArgs) -> Path:

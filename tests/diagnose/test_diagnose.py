@@ -337,6 +337,13 @@ def test_scene_summary_and_token_binding_parts(tokenizer_ckpt: Path, shard_dir: 
     assert set(headline({"tokens": rel})) == {"tokens/oracle+position/relation"}
     with pytest.raises(ValueError, match="1i categories"):
         run_token_binding(fit, world, steps=1, num_train=4, num_test=2, sources=("oracle",), categories=("size",))
+    # the CLI arguments fail before any checkpoint is read
+    from cheers_pl.diagnose.run import DiagnoseArgs
+
+    with pytest.raises(ValueError, match="token_binding_categories"):
+        DiagnoseArgs(ckpt="unused.ckpt", token_binding_categories=["size"])
+    with pytest.raises(ValueError, match="token_binding_sources"):
+        DiagnoseArgs(ckpt="unused.ckpt", token_binding_sources=["pixels"])
 
 
 def test_1i_learner_trains_at_the_fit_stage_lr_unless_told(

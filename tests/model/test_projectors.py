@@ -93,6 +93,7 @@ def test_sincos_2d_encodes_row_in_first_half_and_column_in_second() -> None:
     assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1
     assert table[0].tolist() == [1.0] * 4 + [0.0] * 4 + [1.0] * 4 + [0.0] * 4
     # cell (2, 3): the row half is the 1-D sinusoid of 2, the column half that of 3
+    assert torch.allclose(table[2 * 5 + 3, :8], torch.cat([torch.cos(2 * freq), torch.sin(2 * freq)]))
     assert torch.allclose(table[2 * 5 + 3, 8:], torch.cat([torch.cos(3 * freq), torch.sin(3 * freq)]))
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d((2, 2), 6)
