@@ -26,6 +26,7 @@ Shape legend: B scenes, M semantic tokens, C channels, g grid side.
 import dataclasses
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,13 @@ TOKEN_SOURCES = ("oracle", "oracle+summary", "oracle+position", "semantic")
 DEFAULT_TOKEN_SOURCES = ("oracle", "oracle+summary", "semantic")
 BINDING_CATEGORIES = ("color", "shape", "texture", "count", "relation")
 DEFAULT_BINDING_CATEGORIES = ("color", "shape", "texture", "count")
+
+
+def check_binding_choice(name: str, values: Sequence[str], known: Sequence[str]) -> None:
+    """Raises ValueError naming `name` when `values` is empty or holds anything outside `known` (1i's sources and
+    categories; `DiagnoseArgs` checks the same before a checkpoint is read)."""
+    if not values or set(values) - set(known):
+        raise ValueError(f"{name}: got {list(values)}; known: {list(known)}")
 
 
 def empty_cells(scene: Scene, cfg: SyntheticConfig, grid: int) -> np.ndarray:
@@ -208,11 +216,8 @@ def run_token_binding(
     Returns:
         {source: {"curve": [{"step", "loss", category: accuracy}], "final": {...}, "seconds"}, "protocol": {...}}.
     """
-    unknown = set(sources) - set(TOKEN_SOURCES)
-    if unknown or not sources:
-        raise ValueError(f"1i token sources: unknown {sorted(unknown)}; known: {list(TOKEN_SOURCES)}")
-    if set(categories) - set(BINDING_CATEGORIES) or not categories:
-        raise ValueError(f"1i categories: got {list(categories)}; known: {list(BINDING_CATEGORIES)}")
+    check_binding_choice("1i token sources", sources, TOKEN_SOURCES)
+    check_binding_choice("1i categories", categories, BINDING_CATEGORIES)
     vision = stage.model.vision
     train_images, train_scenes, train_qa = _questions(cfg, "train", num_train, tuple(categories))
     test_images, test_scenes, test_qa = _questions(cfg, "test", num_test, tuple(categories))

@@ -36,6 +36,7 @@ from cheers_pl.diagnose.locality import (
     DEFAULT_TOKEN_SOURCES,
     SUMMARY_TARGETS,
     TOKEN_SOURCES,
+    check_binding_choice,
     run_scene_summary,
     run_token_binding,
 )
@@ -83,10 +84,8 @@ class DiagnoseArgs:
         if unknown:
             raise ValueError(f"parts: unknown {sorted(unknown)}; parts: {list(PARTS)}")
         # checked here too, so that a misspelt 1i key fails before the checkpoint is loaded
-        for key, known in (("token_binding_sources", TOKEN_SOURCES), ("token_binding_categories", BINDING_CATEGORIES)):
-            values = getattr(self, key)
-            if set(values) - set(known) or not values:
-                raise ValueError(f"{key}: got {list(values)}; known: {list(known)}")
+        check_binding_choice("token_binding_sources", self.token_binding_sources, TOKEN_SOURCES)
+        check_binding_choice("token_binding_categories", self.token_binding_categories, BINDING_CATEGORIES)
 
 
 def _out_dir(args: DiagnoseArgs) -> Path:
