@@ -22,7 +22,7 @@ from torch import nn
 from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
 from cheers_pl.model.contrastive_towers import ContrastiveTowers, ContrastiveTowersConfig
 from cheers_pl.model.decoding import decode
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, pool_prompt
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
 from cheers_pl.model.weights import config_from_dict, load_weights, parameters_on_meta, read_config, save_weights
@@ -267,8 +267,8 @@ class CheersModel(nn.Module):
             detail_FMC: Their detail residuals S(D(z_t)).
             flow_rows_F: Long indices into the R image rows of those F rows (default: all R rows).
             segment_ids: B×L long packed continuations, or None (see `forward`).
-            z_t_F: The F latents the flow rows were tokenised from; needed by `flow_head.prediction="data"`, whose
-                output becomes the velocity `(x̂1 − z_t) / (1 − t)` here.
+            z_t_F: The F latents the flow rows were tokenised from; needed by `flow_head.latent_skip` and by
+                `flow_head.prediction="data"`, whose output becomes the velocity `(x̂1 − z_t) / (1 − t)` here.
 
         Returns:
             `CheersOutput` with velocity F×P×h×w and `rows` the F batch rows it belongs to.
@@ -289,7 +289,15 @@ class CheersModel(nn.Module):
         cols_FN = cols_RN if flow_rows_F is None else cols_RN[flow_rows_F]
         hidden_FND = out.hidden_BLD[flow_R[:, None], cols_FN]
         grid = self.vision.grid_hw
-        v_F, gate_FM = self.flow_head(hidden_FND, t_F.to(detail_FMC.dtype), detail_FMC, grid, return_gate=True)
+        prompt_FD = None
+        if self.flow_head.needs_prompt:  # the text before each flow row's image block
+            cols_L = torch.arange(block_ids.shape[1], device=block_ids.device)
+            before_FL = cols_L[None] < cols_FN[:, :1]
+            prompt_FD = pool_prompt(out.hidden_BLD[flow_R], before_FL & pad_mask[flow_R] & (block_ids[flow_R] == 0))
+        t_head_F = t_F.to(detail_FMC.dtype)
+        v_F, gate_FM = self.flow_head(
+            hidden_FND, t_head_F, detail_FMC, grid, return_gate=True, prompt_BC=prompt_FD, z_t_BLHW=z_t_F
+        )
         v_F = self.velocity(v_F, z_t_F, t_F)
         return CheersOutput(out.logits_BLV, v_F, flow_R, gate_FM if return_gates else None)
 

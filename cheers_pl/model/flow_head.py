@@ -40,6 +40,7 @@ from cheers_pl.model.projectors import shuffle_tokens
 from cheers_pl.objective.flow_matching import PREDICTIONS
 
 INJECTIONS = ("gated", "off", "constant")
+PROMPT_CONDITIONS = ("none", "pooled")
 ROPE_POSITIONS = ("raster", "half_twice")  # 0..M−1 | 0..M/2−1 twice (the released code's stage 2)
 MODULATION_DTYPES = {"input": None, "float32": torch.float32}
 
@@ -73,6 +74,15 @@ class FlowHeadConfig:
     prediction: str = "velocity"
     injection: str = "gated"  # "gated" | "off" | "constant"
     constant_gate: float = 1.0  # g for injection="constant"
+    # "none" (the paper: the head sees the prompt only through the LLM's hidden states at the image positions) or
+    # "pooled": the mean of the LLM's final hidden states over the prompt's text tokens, mapped by a zero-initialised
+    # linear layer per stage and added to that stage's t embedding (the pooled text vector of SD3 and FLUX). Not in
+    # Cheers: a diagnostic of the prompt path that a researcher switches on (off in every preset)
+    prompt_condition: str = "none"
+    # True: a zero-initialised linear map of the current latent z_t (one token per position of the full grid) is added
+    # to Z' before HFI, so the head sees z_t itself, as a plain DiT does. Not in Cheers (its head sees z_t only
+    # through D and the semantic encoder): a diagnostic of the noise that D hides (off in every preset)
+    latent_skip: bool = False
     norm_eps: float = 1e-6
     hfi_norm_eps: float = 1e-6  # eps of the HFI LayerNorm (released checkpoint: 1e-5, PyTorch's default)
 
@@ -108,6 +118,10 @@ class FlowHeadConfig:
             raise ValueError(
                 f"FlowHeadConfig.injection must be one of {INJECTIONS}, got {self.injection!r}"
                 + (hint if isinstance(self.injection, bool) else "")
+            )
+        if self.prompt_condition not in PROMPT_CONDITIONS:
+            raise ValueError(
+                f"FlowHeadConfig.prompt_condition must be one of {PROMPT_CONDITIONS}, got {self.prompt_condition!r}"
             )
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"FlowHeadConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
@@ -333,6 +347,24 @@ class FlowHead(nn.Module):
             **common,
         )
         self.hfi = HighFrequencyInjection(cfg.sem_dim, cfg.injection, cfg.constant_gate, cfg.hfi_norm_eps)
+        self.prompt_embed1 = self.prompt_embed2 = None
+        if cfg.prompt_condition == "pooled":
+            self.prompt_embed1 = nn.Linear(cfg.llm_dim, cfg.llm_dim)
+            self.prompt_embed2 = nn.Linear(cfg.llm_dim, cfg.sem_dim)
+            for layer in (self.prompt_embed1, self.prompt_embed2):  # starts as the paper's head (t only)
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+        self.latent_embed = None
+        if cfg.latent_skip:
+            self.latent_embed = nn.Linear(cfg.latent_dim, cfg.sem_dim)
+            nn.init.zeros_(self.latent_embed.weight)  # starts as the paper's head
+            nn.init.zeros_(self.latent_embed.bias)
+
+    @property
+    def needs_prompt(self) -> bool:
+        """Whether `forward` takes the pooled prompt (`prompt_condition="pooled"`)."""
+        return self.prompt_embed1 is not None
 
     def forward(
         self,
@@ -341,6 +373,8 @@ class FlowHead(nn.Module):
         detail_BMC: torch.Tensor | None,
         grid_hw: tuple[int, int],
         return_gate: bool = False,
+        prompt_BC: torch.Tensor | None = None,
+        z_t_BLHW: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predicts the velocity.
 
@@ -350,6 +384,9 @@ class FlowHead(nn.Module):
             detail_BMC: Detail residual S on the full grid, B×(H·W)×sem_dim; may be None for `injection="off"`.
             grid_hw: The compressed grid (h, w) of `h_BNC`; the output grid is (h·f, w·f).
             return_gate: Also return the gate values B×(H·W) (zeros for `off`), e.g. for a heat-map.
+            prompt_BC: The pooled prompt B×llm_dim (`pool_prompt`); required by `prompt_condition="pooled"`, else
+                ignored.
+            z_t_BLHW: The current latent B×latent_dim×H×W; required by `latent_skip`, else ignored.
 
         Returns:
             The velocity B×latent_dim×H×W, and the gate values when `return_gate`.
@@ -366,9 +403,33 @@ class FlowHead(nn.Module):
         if t_B.shape != (B,):
             raise ValueError(f"t_B must have shape ({B},), got {tuple(t_B.shape)}")
 
-        z_BNC = self.stage1(h_BNC, self.time_embed1(t_B))
+        c1_BC, c2_BC = self.time_embed1(t_B), self.time_embed2(t_B)
+        if self.needs_prompt:
+            if prompt_BC is None or tuple(prompt_BC.shape) != (B, cfg.llm_dim):
+                got = None if prompt_BC is None else tuple(prompt_BC.shape)
+                raise ValueError(f"prompt_condition='pooled' needs prompt_BC of shape {(B, cfg.llm_dim)}, got {got}")
+            c1_BC = c1_BC + self.prompt_embed1(prompt_BC.to(c1_BC.dtype))
+            c2_BC = c2_BC + self.prompt_embed2(prompt_BC.to(c2_BC.dtype))
+        z_BNC = self.stage1(h_BNC, c1_BC)
         z_BMC = shuffle_tokens(z_BNC, grid_hw, cfg.shuffle_factor)
+        if self.latent_embed is not None:
+            if z_t_BLHW is None or tuple(z_t_BLHW.shape) != (B, cfg.latent_dim, H, W):
+                got = None if z_t_BLHW is None else tuple(z_t_BLHW.shape)
+                raise ValueError(f"latent_skip needs z_t_BLHW of shape {(B, cfg.latent_dim, H, W)}, got {got}")
+            z_BMC = z_BMC + self.latent_embed(z_t_BLHW.flatten(2).transpose(1, 2).to(z_BMC.dtype))
         z_BMC, gate_BM = self.hfi(z_BMC, detail_BMC)
-        v_BML = self.stage2(z_BMC, self.time_embed2(t_B))
+        v_BML = self.stage2(z_BMC, c2_BC)
         v_BLHW = v_BML.transpose(1, 2).reshape(B, cfg.latent_dim, H, W)
         return (v_BLHW, gate_BM) if return_gate else v_BLHW
+
+
+def pool_prompt(hidden_BLD: torch.Tensor, prompt_mask_BL: torch.Tensor) -> torch.Tensor:
+    """Mean B×D of `hidden_BLD` over the positions where `prompt_mask_BL` is True (zero for a row without any)."""
+    if prompt_mask_BL.shape != hidden_BLD.shape[:2] or prompt_mask_BL.dtype != torch.bool:
+        raise ValueError(
+            f"prompt_mask_BL must be a bool B×L mask for hidden {tuple(hidden_BLD.shape)}, "
+            f"got {prompt_mask_BL.dtype} {tuple(prompt_mask_BL.shape)}"
+        )
+    count_B1 = prompt_mask_BL.sum(dim=1, keepdim=True).clamp(min=1)
+    weights_BL = prompt_mask_BL.to(hidden_BLD.dtype)
+    return torch.einsum("bl,bld->bd", weights_BL, hidden_BLD) / count_B1.to(hidden_BLD.dtype)

@@ -20,6 +20,7 @@ import torch
 
 from cheers_pl.model.attention_mask import block_causal_mask, next_positions, positions_from_padding
 from cheers_pl.model.cheers import CheersModel
+from cheers_pl.model.flow_head import pool_prompt
 from cheers_pl.model.llm import truncate_cache
 from cheers_pl.objective.sampling import guided_velocity
 
@@ -67,17 +68,19 @@ class PromptVelocity:
             self.prompt_embeds = model.llm.embed_tokens(ids)
         else:
             self.prompt_embeds = model.embed(ids, prompt_blocks, prompt_image_tokens)
-        self.cache = None
-        if use_cache:
+        self.cache = self.prompt_KD = None
+        if use_cache or model.flow_head.needs_prompt:
             prompt_blocks = self.block_ids[:, : self.prompt_len]
             out = model.llm(
                 self.prompt_embeds,
                 block_causal_mask(prompt_blocks, pad_mask_KL),
                 positions_from_padding(pad_mask_KL),
-                use_cache=True,
+                use_cache=use_cache,
                 compute_logits=False,
             )
-            self.cache = out.past_key_values
+            self.cache = out.past_key_values if use_cache else None
+            if model.flow_head.needs_prompt:  # the head's pooled prompt (`flow_head.prompt_condition`)
+                self.prompt_KD = pool_prompt(out.hidden_BLD, pad_mask_KL & (prompt_blocks == 0))
         self._fn = guided_velocity(self._batched, guidance_scale) if self.guided else self._batched
 
     def _image_hidden(self, tokens_KND: torch.Tensor) -> torch.Tensor:
@@ -119,7 +122,9 @@ class PromptVelocity:
         else:
             tokens_KND, detail_KMC = vision(z_t_KPhw)
         hidden_KND = self._image_hidden(tokens_KND)
-        out_KPhw, gate_KM = self.model.flow_head(hidden_KND, t_K, detail_KMC, vision.grid_hw, return_gate=True)
+        out_KPhw, gate_KM = self.model.flow_head(
+            hidden_KND, t_K, detail_KMC, vision.grid_hw, return_gate=True, prompt_BC=self.prompt_KD, z_t_BLHW=z_t_KPhw
+        )
         if self.record_gates is not None:
             self.record_gates.append(gate_KM[: self.num_prompts].detach())
         return self.model.velocity(out_KPhw, z_t_KPhw, t_K)

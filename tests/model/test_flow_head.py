@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cheers_pl.model.cheers import full_cheers_config
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, rope_positions
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, pool_prompt, rope_positions
 from cheers_pl.model.projectors import shuffle_tokens
 
 
@@ -186,3 +186,50 @@ def test_stage2_half_twice_positions_make_the_two_halves_interchangeable():
     assert results == {"half_twice": True, "raster": False}
     with pytest.raises(ValueError, match="stage2_positions"):
         FlowHeadConfig(stage2_positions="diagonal")
+
+
+def test_pooled_prompt_is_identity_at_init_and_steers_once_trained():
+    """`prompt_condition="pooled"` starts as the paper's head (zero-init maps) and then depends on the prompt."""
+    pooled = FlowHead(FlowHeadConfig(prompt_condition="pooled"))
+    _perturb_zero_inits(pooled, skip="prompt_embed")
+    plain = FlowHead(FlowHeadConfig())
+    missing, unexpected = plain.load_state_dict(pooled.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == [f"prompt_embed{i}.{k}" for i in (1, 2) for k in ("bias", "weight")]
+    h_BNC, t_B, detail = _inputs(pooled.cfg)
+    prompt_a, prompt_b = torch.randn(2, 128), torch.randn(2, 128)
+    v_plain = plain(h_BNC, t_B, detail, (4, 4))
+    assert torch.equal(pooled(h_BNC, t_B, detail, (4, 4), prompt_BC=prompt_a), v_plain)
+    _perturb_zero_inits(pooled)
+    v_a = pooled(h_BNC, t_B, detail, (4, 4), prompt_BC=prompt_a)
+    assert not torch.allclose(v_a, pooled(h_BNC, t_B, detail, (4, 4), prompt_BC=prompt_b))
+    with pytest.raises(ValueError, match="needs prompt_BC"):
+        pooled(h_BNC, t_B, detail, (4, 4))
+    with pytest.raises(ValueError, match="prompt_condition must be one of"):
+        FlowHeadConfig(prompt_condition="mean")
+
+
+def test_latent_skip_is_identity_at_init_and_reads_z_t_once_trained():
+    """`latent_skip` starts as the paper's head (zero-init map of z_t) and then depends on z_t itself."""
+    skip = FlowHead(FlowHeadConfig(latent_skip=True))
+    _perturb_zero_inits(skip, skip="latent_embed")
+    plain = FlowHead(FlowHeadConfig())
+    missing, unexpected = plain.load_state_dict(skip.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["latent_embed.bias", "latent_embed.weight"]
+    h_BNC, t_B, detail = _inputs(skip.cfg)
+    z_a, z_b = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
+    assert torch.equal(skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_a), plain(h_BNC, t_B, detail, (4, 4)))
+    _perturb_zero_inits(skip)
+    v_a = skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_a)
+    assert not torch.allclose(v_a, skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_b))
+    with pytest.raises(ValueError, match="latent_skip needs z_t_BLHW"):
+        skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_a[:, :, :4])
+
+
+def test_pool_prompt_is_the_masked_mean():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[False, True, True, False], [False, False, False, False]])
+    pooled = pool_prompt(hidden, mask)
+    torch.testing.assert_close(pooled[0], hidden[0, 1:3].mean(0))
+    assert torch.equal(pooled[1], torch.zeros(3))  # a row without prompt pools to zero
+    with pytest.raises(ValueError, match="bool B×L"):
+        pool_prompt(hidden, mask.long())

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from cheers_pl.data.batch import left_pad
+from cheers_pl.model.cheers import CheersConfig
+from cheers_pl.model.flow_head import FlowHeadConfig
 from cheers_pl.model.generation import PromptVelocity
 from cheers_pl.pipeline import CheersPipeline
 from tests._models import perturbed_pipeline
@@ -61,3 +63,22 @@ def test_batch_mismatch_and_odd_guided_batch(pipe: CheersPipeline) -> None:
     ids = torch.zeros(3, 5, dtype=torch.long)
     with pytest.raises(ValueError, match="conditional then unconditional"):
         PromptVelocity(pipe.model, ids, torch.ones_like(ids, dtype=torch.bool), guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_pooled_prompt_head_matches_training_forward_and_sees_the_prompt(use_cache: bool) -> None:
+    """With `flow_head.prompt_condition=pooled` (and `latent_skip`) the sampler pools the same prompt positions and
+    passes the same z_t as the training forward (cached or not), and the pooled prompt moves the velocity."""
+    cfg = CheersConfig(flow_head=FlowHeadConfig(prompt_condition="pooled", latent_skip=True))
+    pooled = perturbed_pipeline(cfg=cfg)
+    pooled.model.eval()
+    model, b = pooled.model, pooled.builder
+    batch = left_pad([b.generation(p) for p in PROMPTS], b.ids["pad"])
+    z_t, t = latent(4)
+    with torch.no_grad():
+        out = model(batch.input_ids, batch.pad_mask, batch.block_ids, z_t, t)
+        v1 = pooled.velocity_fn(PROMPTS, 1.0, use_cache=use_cache)(z_t, t)
+        torch.testing.assert_close(v1, out.velocity, atol=ATOL, rtol=0)
+        model.flow_head.prompt_embed1.weight.zero_()
+        model.flow_head.prompt_embed2.weight.zero_()
+        assert not torch.allclose(pooled.velocity_fn(PROMPTS, 1.0, use_cache=use_cache)(z_t, t), v1, atol=1e-4)
