@@ -15,6 +15,12 @@ LayerNorm, i.e. it is the same computation with g ≡ 0, so `gated` at initialis
 Zero-initialisation: every adaLN modulation and the stage-2 output projection start at zero (DiT); the stage-1
 output projection does not, since a zero Z' would leave stage 2 without input and stall the gradient path.
 
+Two options that are not in Cheers, off in every preset, hand the head directly what the paper's head gets only
+through the LLM's image positions and through D (diagnostics of the tiny preset's generation, README):
+`prompt_condition="pooled"` adds a linear map of the pooled prompt (`pool_prompt`: the mean of the LLM's final hidden
+states over the prompt's text tokens) to each stage's t embedding, and `latent_skip` adds a linear map of z_t itself to
+Z' before HFI. Both maps start at zero, so each option starts as the paper's head.
+
 Where the released Cheers code computes differently, the difference is a config value whose default is the native
 choice (R14; `cheers_pl.official.config` sets the released ones): `time_scale` (1000·t vs raw t in the sinusoid),
 `stage2_positions` (RoPE positions 0..M−1 vs 0..M/2−1 twice), `norm_weights` (weighted RMSNorms in the DiT blocks),
@@ -354,7 +360,6 @@ class FlowHead(nn.Module):
             for layer in (self.prompt_embed1, self.prompt_embed2):  # starts as the paper's head (t only)
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-
         self.latent_embed = None
         if cfg.latent_skip:
             self.latent_embed = nn.Linear(cfg.latent_dim, cfg.sem_dim)
