@@ -22,7 +22,8 @@ from torch import nn
 from cheers_pl.model.attention_mask import block_causal_mask, positions_from_padding
 from cheers_pl.model.contrastive_towers import ContrastiveTowers, ContrastiveTowersConfig
 from cheers_pl.model.decoding import decode
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, pool_prompt
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig
+from cheers_pl.model.layers import masked_mean
 from cheers_pl.model.llm import LLM, LLMConfig
 from cheers_pl.model.vision_tokenizer import VisionTokenizer, VisionTokenizerConfig, full_vision_tokenizer_config
 from cheers_pl.model.weights import config_from_dict, load_weights, parameters_on_meta, read_config, save_weights
@@ -293,7 +294,7 @@ class CheersModel(nn.Module):
         if self.flow_head.needs_prompt:  # the text before each flow row's image block
             cols_L = torch.arange(block_ids.shape[1], device=block_ids.device)
             before_FL = cols_L[None] < cols_FN[:, :1]
-            prompt_FD = pool_prompt(out.hidden_BLD[flow_R], before_FL & pad_mask[flow_R] & (block_ids[flow_R] == 0))
+            prompt_FD = masked_mean(out.hidden_BLD[flow_R], before_FL & pad_mask[flow_R] & (block_ids[flow_R] == 0))
         t_head_F = t_F.to(detail_FMC.dtype)
         v_F, gate_FM = self.flow_head(
             hidden_FND, t_head_F, detail_FMC, grid, return_gate=True, prompt_BC=prompt_FD, z_t_BLHW=z_t_F

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cheers_pl.model.layers import masked_mean
 from cheers_pl.objective.contrastive import SigmoidContrastiveLoss, SigmoidContrastiveLossConfig
 
 
@@ -45,11 +46,6 @@ class ContrastiveTowersConfig:
             raise ValueError(f"model.contrastive.dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if self.init_temperature <= 0:
             raise ValueError(f"model.contrastive.init_temperature must be > 0, got {self.init_temperature}")
-
-
-def _masked_mean(x_BLD: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
-    weights = mask_BL.to(x_BLD.dtype).unsqueeze(-1)
-    return (x_BLD * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 class ContrastiveTowers(nn.Module):
@@ -92,7 +88,7 @@ class ContrastiveTowers(nn.Module):
             raise ValueError("every caption needs at least one real token (pad_mask row of all False)")
         x_BLD = self.token_embed(ids_BL) + self.pos_embed[:, : ids_BL.shape[1]]
         x_BLD = self.text_encoder(x_BLD, src_key_padding_mask=~mask)
-        return self.text_proj(_masked_mean(self.text_norm(x_BLD), mask))
+        return self.text_proj(masked_mean(self.text_norm(x_BLD), mask))
 
     def embed_images(self, semantic_BMC: torch.Tensor) -> torch.Tensor:
         """Semantic encoder output tokens B,M,C_img → mean-pooled, projected embeddings B,E."""

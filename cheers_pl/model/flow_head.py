@@ -17,9 +17,9 @@ output projection does not, since a zero Z' would leave stage 2 without input an
 
 Two options that are not in Cheers, off in every preset, hand the head directly what the paper's head gets only
 through the LLM's image positions and through D (diagnostics of the tiny preset's generation, README):
-`prompt_condition="pooled"` adds a linear map of the pooled prompt (`pool_prompt`: the mean of the LLM's final hidden
-states over the prompt's text tokens) to each stage's t embedding, and `latent_skip` adds a linear map of z_t itself to
-Z' before HFI. Both maps start at zero, so each option starts as the paper's head.
+`prompt_condition="pooled"` adds a linear map of the pooled prompt (`layers.masked_mean` of the LLM's final hidden
+states over the prompt's text tokens) to each stage's t embedding, and `latent_skip` adds a linear map of z_t itself
+to Z' before HFI. Both maps start at zero, so each option starts as the paper's head.
 
 Where the released Cheers code computes differently, the difference is a config value whose default is the native
 choice (R14; `cheers_pl.official.config` sets the released ones): `time_scale` (1000·t vs raw t in the sinusoid),
@@ -389,8 +389,8 @@ class FlowHead(nn.Module):
             detail_BMC: Detail residual S on the full grid, B×(H·W)×sem_dim; may be None for `injection="off"`.
             grid_hw: The compressed grid (h, w) of `h_BNC`; the output grid is (h·f, w·f).
             return_gate: Also return the gate values B×(H·W) (zeros for `off`), e.g. for a heat-map.
-            prompt_BC: The pooled prompt B×llm_dim (`pool_prompt`); required by `prompt_condition="pooled"`, else
-                ignored.
+            prompt_BC: The pooled prompt B×llm_dim (`layers.masked_mean` over its text tokens); required by
+                `prompt_condition="pooled"`, else ignored.
             z_t_BLHW: The current latent B×latent_dim×H×W; required by `latent_skip`, else ignored.
 
         Returns:
@@ -426,15 +426,3 @@ class FlowHead(nn.Module):
         v_BML = self.stage2(z_BMC, c2_BC)
         v_BLHW = v_BML.transpose(1, 2).reshape(B, cfg.latent_dim, H, W)
         return (v_BLHW, gate_BM) if return_gate else v_BLHW
-
-
-def pool_prompt(hidden_BLD: torch.Tensor, prompt_mask_BL: torch.Tensor) -> torch.Tensor:
-    """Mean B×D of `hidden_BLD` over the positions where `prompt_mask_BL` is True (zero for a row without any)."""
-    if prompt_mask_BL.shape != hidden_BLD.shape[:2] or prompt_mask_BL.dtype != torch.bool:
-        raise ValueError(
-            f"prompt_mask_BL must be a bool B×L mask for hidden {tuple(hidden_BLD.shape)}, "
-            f"got {prompt_mask_BL.dtype} {tuple(prompt_mask_BL.shape)}"
-        )
-    count_B1 = prompt_mask_BL.sum(dim=1, keepdim=True).clamp(min=1)
-    weights_BL = prompt_mask_BL.to(hidden_BLD.dtype)
-    return torch.einsum("bl,bld->bd", weights_BL, hidden_BLD) / count_B1.to(hidden_BLD.dtype)

@@ -20,7 +20,7 @@ import torch
 
 from cheers_pl.model.attention_mask import block_causal_mask, next_positions, positions_from_padding
 from cheers_pl.model.cheers import CheersModel
-from cheers_pl.model.flow_head import pool_prompt
+from cheers_pl.model.layers import masked_mean
 from cheers_pl.model.llm import truncate_cache
 from cheers_pl.objective.sampling import guided_velocity
 
@@ -80,7 +80,7 @@ class PromptVelocity:
             )
             self.cache = out.past_key_values if use_cache else None
             if model.flow_head.needs_prompt:  # the head's pooled prompt (`flow_head.prompt_condition`)
-                self.prompt_KD = pool_prompt(out.hidden_BLD, pad_mask_KL & (prompt_blocks == 0))
+                self.prompt_KD = masked_mean(out.hidden_BLD, pad_mask_KL & (prompt_blocks == 0))
         self._fn = guided_velocity(self._batched, guidance_scale) if self.guided else self._batched
 
     def _image_hidden(self, tokens_KND: torch.Tensor) -> torch.Tensor:

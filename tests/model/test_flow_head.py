@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cheers_pl.model.cheers import full_cheers_config
-from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, pool_prompt, rope_positions
+from cheers_pl.model.flow_head import FlowHead, FlowHeadConfig, rope_positions
 from cheers_pl.model.projectors import shuffle_tokens
 
 
@@ -223,13 +223,3 @@ def test_latent_skip_is_identity_at_init_and_reads_z_t_once_trained():
     assert not torch.allclose(v_a, skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_b))
     with pytest.raises(ValueError, match="latent_skip needs z_t_BLHW"):
         skip(h_BNC, t_B, detail, (4, 4), z_t_BLHW=z_a[:, :, :4])
-
-
-def test_pool_prompt_is_the_masked_mean():
-    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
-    mask = torch.tensor([[False, True, True, False], [False, False, False, False]])
-    pooled = pool_prompt(hidden, mask)
-    torch.testing.assert_close(pooled[0], hidden[0, 1:3].mean(0))
-    assert torch.equal(pooled[1], torch.zeros(3))  # a row without prompt pools to zero
-    with pytest.raises(ValueError, match="bool B×L"):
-        pool_prompt(hidden, mask.long())

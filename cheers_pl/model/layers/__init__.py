@@ -1,9 +1,10 @@
-"""Reusable transformer layers: attention, MLP, norms, RoPE, adaLN, timestep embeddings."""
+"""Reusable transformer layers: attention, MLP, norms, RoPE, adaLN, timestep embeddings, masked mean pooling."""
 
 from cheers_pl.model.layers.adaln import AdaLNZero, modulate
 from cheers_pl.model.layers.attention import Attention
 from cheers_pl.model.layers.mlp import SwiGLU
 from cheers_pl.model.layers.norm import RMSNorm
+from cheers_pl.model.layers.pooling import masked_mean
 from cheers_pl.model.layers.rope import RotaryEmbedding1D, apply_rope
 from cheers_pl.model.layers.timestep import TimestepEmbedder, sinusoidal_embedding
 
@@ -15,6 +16,7 @@ __all__ = [
     "SwiGLU",
     "TimestepEmbedder",
     "apply_rope",
+    "masked_mean",
     "modulate",
     "sinusoidal_embedding",
 ]
